@@ -1,0 +1,1 @@
+"""Library engine: the real work of this app, with no Django import (see DESIGN.md)."""

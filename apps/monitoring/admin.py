@@ -1,0 +1,37 @@
+from django.contrib import admin
+
+from apps.monitoring.models import Job, JobEvent, ResourceSample, WorkerHeartbeat
+
+
+class JobEventInline(admin.TabularInline):
+    model = JobEvent
+    extra = 0
+    readonly_fields = ("kind", "data", "created_at")
+    can_delete = False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "kind", "status", "progress", "owner", "queue", "priority",
+                    "created_at", "finished_at")
+    list_filter = ("status", "kind", "queue")
+    search_fields = ("kind", "error", "worker_id")
+    readonly_fields = ("created_at", "started_at", "finished_at", "heartbeat_at")
+    inlines = [JobEventInline]
+
+
+@admin.register(JobEvent)
+class JobEventAdmin(admin.ModelAdmin):
+    list_display = ("id", "job", "kind", "created_at")
+    list_filter = ("kind",)
+    raw_id_fields = ("job",)
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ("worker_id", "queue", "host", "pid", "started_at", "last_seen")
+
+
+@admin.register(ResourceSample)
+class ResourceSampleAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "cpu_percent", "ram_used", "disk_free")

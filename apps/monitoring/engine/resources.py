@@ -1,0 +1,66 @@
+"""One reading of CPU, RAM, disk and GPU use. No torch: GPUs come from nvidia-smi."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+_GPU_FIELDS = "index,name,utilization.gpu,memory.used,memory.total,temperature.gpu"
+
+
+@dataclass
+class ResourceReading:
+    cpu_percent: float
+    ram_used: int
+    ram_total: int
+    disk_free: int
+    disk_total: int
+    gpus: list[dict] = field(default_factory=list)
+
+
+def read_gpus(nvidia_smi: str | None = None) -> list[dict]:
+    exe = nvidia_smi or shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, f"--query-gpu={_GPU_FIELDS}", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 6:
+            continue
+        idx, name, util, used, total, temp = parts
+        gpus.append({
+            "index": int(idx), "name": name, "util_percent": _num(util),
+            "mem_used_mb": _num(used), "mem_total_mb": _num(total), "temp_c": _num(temp),
+        })
+    return gpus
+
+
+def _num(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_resources(disk_path: Path) -> ResourceReading:
+    mem = psutil.virtual_memory()
+    disk = shutil.disk_usage(disk_path)
+    return ResourceReading(
+        cpu_percent=psutil.cpu_percent(interval=None),
+        ram_used=mem.total - mem.available,
+        ram_total=mem.total,
+        disk_free=disk.free,
+        disk_total=disk.total,
+        gpus=read_gpus(),
+    )

@@ -1,0 +1,50 @@
+"""The registry of job kinds: {name: JobKind}, filled where each kind is defined.
+
+A kind names its spec (a pydantic model, checked before anything is queued), the
+queue it runs on, and the function that runs it in a worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+QueueChoice = str | Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    label: str
+    area: str  # the app whose pages list it: monitoring, assets, registry, assembly, training
+    spec_model: type[BaseModel]
+    run: Callable[..., dict | None]  # run(spec, reporter, job) -> result JSON
+    queue: QueueChoice = "light"
+
+    @property
+    def queue_label(self) -> str:
+        return "queue chosen by the spec" if callable(self.queue) else f"{self.queue} queue"
+
+    def queue_for(self, spec: BaseModel) -> str:
+        return self.queue(spec) if callable(self.queue) else self.queue
+
+
+JOB_KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(*, name: str, spec: type[BaseModel], area: str, label: str = "",
+             queue: QueueChoice = "light"):
+    """Register the decorated function as the runner of job kind `name`."""
+
+    def register(fn):
+        if name in JOB_KINDS:
+            raise ValueError(f"job kind {name!r} is registered twice")
+        JOB_KINDS[name] = JobKind(
+            name=name, label=label or name, area=area, spec_model=spec, run=fn, queue=queue
+        )
+        return fn
+
+    return register

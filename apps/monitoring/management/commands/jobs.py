@@ -1,0 +1,159 @@
+"""`audobon jobs submit|list|show|cancel|retry|watch`: the job spine from the shell."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.monitoring import selectors, services
+from apps.monitoring.engine.terminal import TerminalProgress
+from apps.monitoring.models import Job, JobEvent
+
+WATCH_POLL_S = 0.2
+
+
+class Command(BaseCommand):
+    help = "Submit, list, show, cancel, retry and watch jobs."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        p = sub.add_parser("submit", help="queue a job and print its id")
+        p.add_argument("kind")
+        p.add_argument("--spec", default="{}", help="the job's spec as a JSON object")
+        p.add_argument("--priority", type=int, default=0, help="higher runs first")
+        p.add_argument("--owner", help="username that owns the job (default: none)")
+        p.add_argument("--json", action="store_true", dest="as_json")
+        p = sub.add_parser("list", help="recent jobs")
+        p.add_argument("--status", choices=[s for s, _ in Job.Status.choices])
+        p.add_argument("--kind")
+        p.add_argument("--limit", type=int, default=20)
+        p.add_argument("--json", action="store_true", dest="as_json")
+        for name, text in (("show", "one job"), ("cancel", "cancel a job"),
+                           ("retry", "run a finished job again"),
+                           ("watch", "a progress bar until the job ends")):
+            p = sub.add_parser(name, help=text)
+            p.add_argument("id", type=int, metavar="ID")
+            p.add_argument("--json", action="store_true", dest="as_json")
+
+    def handle(self, *args, action, **opts):
+        return getattr(self, f"do_{action}")(**opts)
+
+    # --- actions -------------------------------------------------------------------------
+
+    def do_submit(self, *, kind, spec, priority, owner, as_json: bool, **_):
+        try:
+            spec_obj = json.loads(spec)
+        except ValueError as exc:
+            raise CommandError(f"--spec is not valid JSON: {exc}") from None
+        user = _user(owner) if owner else None
+        try:
+            job = services.job_submit(kind=kind, spec=spec_obj, owner=user, priority=priority)
+        except services.JobSpecError as exc:
+            raise CommandError(f"{exc} (nothing was queued)") from None
+        if as_json:
+            self._print_json(selectors.job_as_dict(job))
+        else:
+            self.stdout.write(str(job.pk))
+
+    def do_list(self, *, status, kind, limit, as_json: bool, **_):
+        jobs = Job.objects.select_related("owner")
+        if status:
+            jobs = jobs.filter(status=status)
+        if kind:
+            jobs = jobs.filter(kind=kind)
+        jobs = list(jobs[:limit])
+        if as_json:
+            self._print_json([selectors.job_as_dict(j) for j in jobs])
+            return
+        for j in jobs:
+            self.stdout.write(f"{j.pk:>6}  {j.kind:<16} {j.status:<11} {j.progress * 100:5.1f}%  "
+                              f"{j.created_at:%Y-%m-%d %H:%M:%S}")
+        if not jobs:
+            self.stdout.write("no jobs")
+
+    def do_show(self, *, id: int, as_json: bool, **_):
+        job = _job(id)
+        if as_json:
+            self._print_json(selectors.job_as_dict(job))
+            return
+        for key, value in selectors.job_as_dict(job).items():
+            self.stdout.write(f"{key:>12}: {value}")
+        if job.traceback:
+            self.stdout.write(job.traceback)
+
+    def do_cancel(self, *, id: int, as_json: bool, **_):
+        try:
+            job = services.job_cancel(job=_job(id))
+        except services.JobStateError as exc:
+            raise CommandError(str(exc)) from None
+        if as_json:
+            self._print_json(selectors.job_as_dict(job))
+        else:
+            self.stdout.write(f"job {job.pk}: {job.status}"
+                              + (" (cancel requested)" if job.status == "running" else ""))
+
+    def do_retry(self, *, id: int, as_json: bool, **_):
+        try:
+            job = services.job_retry(job=_job(id))
+        except services.JobStateError as exc:
+            raise CommandError(str(exc)) from None
+        if as_json:
+            self._print_json(selectors.job_as_dict(job))
+        else:
+            self.stdout.write(str(job.pk))
+
+    def do_watch(self, *, id: int, as_json: bool, **_):
+        job = _job(id)
+        bar = TerminalProgress(label=f"job {job.pk} {job.kind}", stream=self.stderr._out)
+        last_event = 0
+        warned = False
+        while True:
+            job.refresh_from_db()
+            for ev in JobEvent.objects.filter(job=job, id__gt=last_event,
+                                              kind__in=[JobEvent.Kind.LOG, JobEvent.Kind.STATE]):
+                last_event = ev.pk
+                bar.log(_event_line(ev))
+            if job.is_finished:
+                break
+            if job.status == Job.Status.QUEUED and not warned and not any(
+                w["alive"] for w in selectors.workers_status()
+            ):
+                warned = True
+                bar.log("no worker is running: start one with `audobon up`")
+            bar.show(bar.render(job.steps_done, job.steps_total,
+                                eta=selectors.job_eta_seconds(job)))
+            time.sleep(WATCH_POLL_S)
+        bar.show(bar.render(job.steps_done, job.steps_total or None), final=True)
+        if as_json:
+            self._print_json(selectors.job_as_dict(job))
+        else:
+            self.stdout.write(f"job {job.pk}: {job.status}" + (f" — {job.error}" if job.error else ""))
+        if job.status != Job.Status.SUCCEEDED:
+            raise CommandError(f"job {job.pk} ended {job.status}", returncode=1)
+
+    def _print_json(self, obj):
+        self.stdout.write(json.dumps(obj, indent=None, default=str))
+
+
+def _job(job_id: int) -> Job:
+    job = Job.objects.select_related("owner").filter(pk=job_id).first()
+    if job is None:
+        raise CommandError(f"no job with id {job_id}")
+    return job
+
+
+def _user(username: str):
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise CommandError(f"no user named {username!r}")
+    return user
+
+
+def _event_line(ev: JobEvent) -> str:
+    if ev.kind == JobEvent.Kind.STATE:
+        error = ev.data.get("error")
+        return f"status: {ev.data.get('status')}" + (f" ({error})" if error else "")
+    return ev.data.get("msg", "")

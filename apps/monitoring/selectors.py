@@ -1,0 +1,144 @@
+"""Reads for pages, the websocket consumer, commands and /healthz."""
+
+from __future__ import annotations
+
+import shutil
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Max, QuerySet
+from django.utils import timezone
+from django.utils.safestring import mark_safe
+
+from apps.monitoring.charts import line_chart_svg
+from apps.monitoring.jobkinds import JOB_KINDS
+from apps.monitoring.models import Job, JobEvent, ResourceSample, WorkerHeartbeat
+
+RECENT_LOG_LINES = 8
+CHART_POINTS = 2000
+# Below this much free space in AUDOBON_HOME, /healthz reports the disk as a problem.
+MIN_FREE_BYTES = 100 * 1024 * 1024
+
+
+def jobs_visible(*, user) -> QuerySet[Job]:
+    qs = Job.objects.select_related("owner")
+    if user.is_staff:
+        return qs
+    return qs.filter(owner=user)
+
+
+def job_visible_get(*, user, job_id: int) -> Job | None:
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return jobs_visible(user=user).filter(pk=job_id).first()
+
+
+def job_list(*, user, status: str = "", kind: str = "", area: str = "") -> QuerySet[Job]:
+    qs = jobs_visible(user=user)
+    if status:
+        qs = qs.filter(status=status)
+    if kind:
+        qs = qs.filter(kind=kind)
+    if area:
+        qs = qs.filter(kind__in=[k.name for k in JOB_KINDS.values() if k.area == area])
+    return qs
+
+
+def job_eta_seconds(job: Job) -> float | None:
+    if job.status != Job.Status.RUNNING or not job.started_at or job.progress <= 0:
+        return None
+    elapsed = (timezone.now() - job.started_at).total_seconds()
+    return max(0.0, elapsed / job.progress * (1 - job.progress))
+
+
+def job_as_dict(job: Job) -> dict:
+    """The JSON shape of a job, shared by `--json` output and the API."""
+    return {
+        "id": job.pk, "kind": job.kind, "status": job.status, "progress": round(job.progress, 4),
+        "steps_done": job.steps_done, "steps_total": job.steps_total, "priority": job.priority,
+        "queue": job.queue, "spec": job.spec, "owner": job.owner.get_username() if job.owner else None,
+        "created_at": job.created_at.isoformat() if job.created_at else None,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "worker_id": job.worker_id, "error": job.error, "result": job.result,
+        "retry_of": job.retry_of_id,
+    }
+
+
+def job_live_context(*, job: Job, after: int = 0) -> dict:
+    """Everything the live progress partial shows, plus events newer than `after`
+    for the history list. `last_event_id` lets the next update continue from here."""
+    events = job.events.all()
+    logs = list(events.filter(kind=JobEvent.Kind.LOG).order_by("-id")[:RECENT_LOG_LINES])
+    metric_rows = list(
+        events.filter(kind=JobEvent.Kind.METRIC).order_by("-id")
+        .values_list("data", flat=True)[:CHART_POINTS]
+    )
+    series: dict[str, list[tuple[float, float]]] = {}
+    for data in reversed(metric_rows):
+        for name, value in (data.get("values") or {}).items():
+            series.setdefault(name, []).append((data.get("step", 0), value))
+    new_events = list(events.filter(id__gt=after)) if after >= 0 else []
+    last_id = events.aggregate(m=Max("id"))["m"] or 0
+    return {
+        "job": job,
+        "percent": round(job.progress * 100, 1),
+        "eta_seconds": job_eta_seconds(job),
+        "recent_logs": list(reversed(logs)),
+        "chart_svg": mark_safe(line_chart_svg(series)),  # noqa: S308 - numbers and escaped names
+        "new_events": new_events,
+        "last_event_id": last_id,
+    }
+
+
+def job_history(*, job: Job) -> list[JobEvent]:
+    return list(job.events.exclude(kind=JobEvent.Kind.PROGRESS))
+
+
+def workers_status() -> list[dict]:
+    now = timezone.now()
+    stale = settings.AUDOBON_WORKER_STALE_SECONDS
+    rows = []
+    for w in WorkerHeartbeat.objects.order_by("queue", "worker_id"):
+        age = (now - w.last_seen).total_seconds()
+        rows.append({"id": w.worker_id, "queue": w.queue, "host": w.host, "pid": w.pid,
+                     "last_seen": w.last_seen.isoformat(), "age_s": round(age, 1),
+                     "alive": age <= stale})
+    return rows
+
+
+def resource_latest() -> ResourceSample | None:
+    return ResourceSample.objects.order_by("-created_at").first()
+
+
+def health_report() -> dict:
+    """What /healthz answers: each part with ok and detail; ok overall only if all are."""
+    from audobon_site.queues import QUEUES, queue_backend
+
+    report: dict = {}
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1")
+        report["database"] = {"ok": True, "vendor": connection.vendor}
+    except Exception as exc:
+        report["database"] = {"ok": False, "error": str(exc)}
+    try:
+        pending = {name: q.pending_count() for name, q in QUEUES.items()}
+        report["queue"] = {"ok": True, "backend": queue_backend(), "pending": pending}
+    except Exception as exc:
+        report["queue"] = {"ok": False, "backend": queue_backend(), "error": str(exc)}
+    workers = workers_status() if report["database"]["ok"] else []
+    alive_queues = {w["queue"] for w in workers if w["alive"]}
+    missing = [q for q in QUEUES if q not in alive_queues]
+    report["workers"] = {"ok": not missing, "missing_queues": missing, "workers": workers}
+    disk = shutil.disk_usage(settings.AUDOBON_HOME)
+    report["disk"] = {"ok": disk.free >= MIN_FREE_BYTES, "path": str(settings.AUDOBON_HOME),
+                      "free_bytes": disk.free, "total_bytes": disk.total}
+    report["ok"] = all(part["ok"] for part in report.values() if isinstance(part, dict))
+    report["status"] = "ok" if report["ok"] else "degraded"
+    return report
+
+
+
+def job_kinds_for_area(*, area: str) -> list:
+    return sorted((k for k in JOB_KINDS.values() if k.area == area), key=lambda k: k.name)

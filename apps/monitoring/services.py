@@ -1,0 +1,247 @@
+"""Writes for the job spine. Every long operation goes through `job_submit`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from datetime import timedelta
+
+import psutil
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+from pydantic import ValidationError
+
+from apps.monitoring.jobkinds import JOB_KINDS, JobKind
+from apps.monitoring.models import Job, JobEvent, ResourceSample, WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
+
+HOSTNAME = socket.gethostname()
+SAMPLE_KEEP = timedelta(days=7)
+
+
+class JobSpecError(ValueError):
+    """An unknown kind or a spec that fails its schema: nothing was queued."""
+
+
+class JobStateError(ValueError):
+    """The job is not in a state that allows what was asked (cancel a finished job...)."""
+
+
+# --- submitting -------------------------------------------------------------------------
+
+def job_spec_validate(*, kind: str, spec) -> tuple[JobKind, dict]:
+    """Check kind and spec; return the kind and the spec with defaults filled in."""
+    job_kind = JOB_KINDS.get(kind)
+    if job_kind is None:
+        known = ", ".join(sorted(JOB_KINDS)) or "none"
+        raise JobSpecError(f"unknown job kind {kind!r}; known kinds: {known}")
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise JobSpecError(f"the spec of a {kind} job must be a JSON object, not {type(spec).__name__}")
+    try:
+        parsed = job_kind.spec_model.model_validate(spec)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise JobSpecError(f"invalid spec for {kind}: {problems}") from None
+    return job_kind, parsed.model_dump(mode="json")
+
+
+def job_submit(*, kind: str, spec=None, owner=None, priority: int = 0,
+               retry_of: Job | None = None) -> Job:
+    """Validate, record and enqueue a job. Raises JobSpecError and queues nothing on bad input."""
+    job_kind, clean_spec = job_spec_validate(kind=kind, spec=spec)
+    queue = job_kind.queue_for(job_kind.spec_model.model_validate(clean_spec))
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind=kind, spec=clean_spec, owner=owner, priority=int(priority), queue=queue,
+            retry_of=retry_of,
+        )
+        JobEvent.objects.create(job=job, kind=JobEvent.Kind.STATE, data={"status": "queued"})
+    _enqueue(job)
+    job.refresh_from_db()
+    return job
+
+
+def _enqueue(job: Job) -> None:
+    from apps.monitoring.tasks import RUN_JOB
+
+    RUN_JOB[job.queue](job.pk, priority=job.priority)
+
+
+def job_retry(*, job: Job, owner=None) -> Job:
+    if not job.is_finished:
+        raise JobStateError(f"job {job.pk} is {job.status}; only a finished job can be retried")
+    return job_submit(kind=job.kind, spec=job.spec, owner=owner or job.owner,
+                      priority=job.priority, retry_of=job)
+
+
+def job_cancel(*, job: Job) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next step."""
+    now = timezone.now()
+    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+        status=Job.Status.CANCELLED, finished_at=now, cancel_requested=True
+    ):
+        job_event_record(job_id=job.pk, kind=JobEvent.Kind.STATE, data={"status": "cancelled"})
+    elif Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True):
+        job_event_record(job_id=job.pk, kind=JobEvent.Kind.LOG, data={"msg": "cancel requested"})
+    else:
+        job.refresh_from_db()
+        raise JobStateError(f"job {job.pk} already {job.status}; there is nothing to cancel")
+    job.refresh_from_db()
+    return job
+
+
+# --- what workers record ------------------------------------------------------------------
+
+def job_event_record(*, job_id: int, kind: str, data: dict) -> JobEvent:
+    event = JobEvent.objects.create(job_id=job_id, kind=kind, data=data)
+    if settings.REDIS_URL:
+        _publish(job_id, event.pk)
+    return event
+
+
+def _publish(job_id: int, event_id: int) -> None:
+    from channels.layers import get_channel_layer
+
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            f"job.{job_id}", {"type": "job.event", "event_id": event_id}
+        )
+    except Exception:  # the browser also polls; a lost push only delays an update
+        logger.warning("could not publish event %s of job %s", event_id, job_id, exc_info=True)
+
+
+def job_start(*, job_id: int, worker_id: str) -> bool:
+    """Claim a queued job for this worker. False if it was cancelled meanwhile."""
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, worker_id=worker_id
+    )
+    if claimed:
+        job_event_record(job_id=job_id, kind=JobEvent.Kind.STATE,
+                         data={"status": "running", "worker": worker_id})
+    return bool(claimed)
+
+
+def job_progress_set(*, job_id: int, done: int, total: int | None) -> None:
+    fields = {"steps_done": done, "steps_total": total, "heartbeat_at": timezone.now()}
+    if total:
+        fields["progress"] = max(0.0, min(1.0, done / total))
+    Job.objects.filter(pk=job_id).update(**fields)
+
+
+def job_heartbeat(*, job_id: int) -> None:
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(heartbeat_at=timezone.now())
+
+
+def job_finish(*, job_id: int, status: str, result=None, error: str = "",
+               traceback: str = "") -> None:
+    fields = {"status": status, "finished_at": timezone.now(), "error": error[:10_000],
+              "traceback": traceback}
+    if result is not None:
+        fields["result"] = result
+    if status == Job.Status.SUCCEEDED:
+        fields["progress"] = 1.0
+    Job.objects.filter(pk=job_id).update(**fields)
+    data = {"status": status}
+    if error:
+        data["error"] = error[:500]
+    job_event_record(job_id=job_id, kind=JobEvent.Kind.STATE, data=data)
+
+
+# --- workers and crash recovery ---------------------------------------------------------------
+
+def worker_heartbeat(*, worker_id: str, queue: str, started_at) -> None:
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker_id,
+        defaults={"queue": queue, "host": HOSTNAME, "pid": os.getpid(),
+                  "started_at": started_at, "last_seen": timezone.now()},
+    )
+
+
+def worker_gone(*, worker_id: str) -> list[int]:
+    """A worker stops: its running jobs become interrupted, its heartbeat row goes."""
+    ids = _interrupt(Job.objects.filter(status=Job.Status.RUNNING, worker_id=worker_id),
+                     reason=f"worker {worker_id} stopped")
+    WorkerHeartbeat.objects.filter(worker_id=worker_id).delete()
+    return ids
+
+
+def jobs_interrupt_orphans() -> list[int]:
+    """Mark running jobs whose worker is gone as interrupted.
+
+    Gone means: the worker ran on this host and its process no longer exists, or no
+    heartbeat came for AUDOBON_WORKER_STALE_SECONDS (a worker on another machine).
+    """
+    stale_before = timezone.now() - timedelta(seconds=settings.AUDOBON_WORKER_STALE_SECONDS)
+    orphans = []
+    for job in Job.objects.filter(status=Job.Status.RUNNING).only("pk", "worker_id",
+                                                                   "heartbeat_at"):
+        if _worker_dead_here(job.worker_id) or (
+            job.heartbeat_at is None or job.heartbeat_at < stale_before
+        ):
+            orphans.append(job.pk)
+    ids = _interrupt(Job.objects.filter(pk__in=orphans, status=Job.Status.RUNNING),
+                     reason="its worker is gone")
+    WorkerHeartbeat.objects.filter(last_seen__lt=stale_before).delete()
+    return ids
+
+
+def _worker_dead_here(worker_id: str) -> bool:
+    host, _, rest = worker_id.partition(":")
+    if host != HOSTNAME:
+        return False
+    pid_text = rest.split(":", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    return not psutil.pid_exists(int(pid_text))
+
+
+def _interrupt(qs, *, reason: str) -> list[int]:
+    ids = list(qs.values_list("pk", flat=True))
+    for job_id in ids:
+        if Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
+            status=Job.Status.INTERRUPTED, finished_at=timezone.now(),
+            error=f"interrupted: {reason}",
+        ):
+            job_event_record(job_id=job_id, kind=JobEvent.Kind.STATE,
+                             data={"status": "interrupted", "error": reason})
+    return ids
+
+
+# --- resources ------------------------------------------------------------------------------
+
+def resource_sample_record(*, reading) -> ResourceSample:
+    sample = ResourceSample.objects.create(
+        cpu_percent=reading.cpu_percent, ram_used=reading.ram_used, ram_total=reading.ram_total,
+        disk_free=reading.disk_free, disk_total=reading.disk_total, gpus=reading.gpus,
+    )
+    ResourceSample.objects.filter(created_at__lt=timezone.now() - SAMPLE_KEEP).delete()
+    return sample
+
+
+# --- accounts ----------------------------------------------------------------------------------
+
+def admin_ensure() -> tuple[object, str | None]:
+    """Make sure an administrator exists. Returns (user, password) where password is
+    only set when the account was created now: it is shown once and never stored."""
+    User = get_user_model()
+    user = User.objects.filter(is_superuser=True, is_active=True).order_by("pk").first()
+    if user is not None:
+        return user, None
+    password = secrets.token_urlsafe(12)
+    name = "admin"
+    while User.objects.filter(username=name).exists():
+        name = f"admin{secrets.randbelow(10_000)}"
+    user = User.objects.create_superuser(username=name, email="", password=password)
+    return user, password

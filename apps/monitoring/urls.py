@@ -1,0 +1,13 @@
+from django.urls import path
+
+from apps.monitoring import views
+
+app_name = "monitoring"
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("jobs/", views.job_list, name="job_list"),
+    path("jobs/selftest/", views.selftest_submit, name="selftest_submit"),
+    path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
+    path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
+    path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry"),
+]

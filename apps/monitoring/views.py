@@ -1,0 +1,111 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from apps.monitoring import selectors, services
+from apps.monitoring.forms import JobFilterForm, SelftestForm
+
+JOBS_PER_PAGE = 25
+
+
+@login_required
+def dashboard(request):
+    ctx = {
+        "jobs": selectors.jobs_visible(user=request.user)[:10],
+        "selftest_form": SelftestForm(),
+        "workers": selectors.workers_status(),
+        "sample": selectors.resource_latest(),
+    }
+    template = "monitoring/dashboard.html#recent_jobs" if request.htmx else "monitoring/dashboard.html"
+    return render(request, template, ctx)
+
+
+@login_required
+def job_list(request):
+    form = JobFilterForm(request.GET or None)
+    filters = form.cleaned_data if form.is_valid() else {}
+    jobs = selectors.job_list(user=request.user, status=filters.get("status", ""),
+                              kind=filters.get("kind", ""))
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    ctx = {"form": form, "page": page, "query": query.urlencode()}
+    template = "monitoring/job_list.html#job_table" if request.htmx else "monitoring/job_list.html"
+    return render(request, template, ctx)
+
+
+def _visible_job_or_404(request, job_id):
+    job = selectors.job_visible_get(user=request.user, job_id=job_id)
+    if job is None:
+        raise Http404(f"no job {job_id} that you may see")
+    return job
+
+
+@login_required
+def job_detail(request, job_id: int):
+    job = _visible_job_or_404(request, job_id)
+    live = selectors.job_live_context(job=job, after=-1)
+    ctx = {**live, "history": selectors.job_history(job=job)}
+    template = "monitoring/job_detail.html#live" if request.htmx else "monitoring/job_detail.html"
+    return render(request, template, ctx)
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id: int):
+    job = _visible_job_or_404(request, job_id)
+    try:
+        services.job_cancel(job=job)
+        messages.success(request, f"Job {job.pk}: cancel requested.")
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+    nxt = request.POST.get("next", "")
+    if nxt and url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}):
+        return redirect(nxt)
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id: int):
+    job = _visible_job_or_404(request, job_id)
+    try:
+        new = services.job_retry(job=job, owner=request.user)
+    except services.JobStateError as exc:
+        messages.error(request, str(exc))
+        return redirect("monitoring:job_detail", job_id=job.pk)
+    messages.success(request, f"Job {new.pk} queued as a retry of job {job.pk}.")
+    return redirect("monitoring:job_detail", job_id=new.pk)
+
+
+@login_required
+@require_POST
+def selftest_submit(request):
+    form = SelftestForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Self-test not started: {form.errors.as_text()}")
+        return redirect("monitoring:dashboard")
+    job = services.job_submit(kind="selftest", spec=form.cleaned_data, owner=request.user)
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@never_cache
+def healthz(request):
+    report = selectors.health_report()
+    return JsonResponse(report, status=200 if report["ok"] else 503)
+
+
+@login_required
+def area_jobs(request, area: str, title: str, about: str):
+    """An app's landing page: what it is for and the jobs of its kinds."""
+    ctx = {
+        "area": area, "title": title, "about": about,
+        "kinds": selectors.job_kinds_for_area(area=area),
+        "jobs": selectors.job_list(user=request.user, area=area)[:JOBS_PER_PAGE],
+    }
+    return render(request, "monitoring/area.html", ctx)

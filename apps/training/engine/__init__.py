@@ -1,0 +1,1 @@
+"""Training engine: the real work of this app, with no Django import (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Audobon's Django project: settings, urls, asgi, queues and the `audobon` command."""

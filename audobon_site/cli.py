@@ -1,0 +1,18 @@
+"""The `audobon` command: every manage.py command, plus `audobon up`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "audobon_site.settings")
+    from django.core.management import execute_from_command_line
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    execute_from_command_line(["audobon", *(args or ["help"])])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+import pytest
+
+from apps.monitoring.jobkinds import JOB_KINDS
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user(username="ada", password="pw-ada-123456")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user(username="bob", password="pw-bob-123456")
+
+
+@pytest.fixture
+def temp_job_kind():
+    """Register a job kind for one test and remove it afterwards."""
+    added = []
+
+    def register(kind):
+        JOB_KINDS[kind.name] = kind
+        added.append(kind.name)
+        return kind
+
+    yield register
+    for name in added:
+        JOB_KINDS.pop(name, None)
