@@ -1,0 +1,85 @@
+"""The job websocket: current state first, then new events; 4403 for a job you may not see."""
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser
+
+from apps.monitoring import services
+from apps.monitoring.models import Job, JobEvent
+from apps.monitoring.routing import websocket_urlpatterns
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+app = URLRouter(websocket_urlpatterns)
+
+
+def _running_job(owner):
+    job = Job.objects.create(kind="selftest", spec={"steps": 10}, queue="light", owner=owner)
+    services.job_start(job_id=job.pk, worker_id="test:1:light")
+    return job
+
+
+async def _connect(job_id, user, query=""):
+    comm = WebsocketCommunicator(app, f"/ws/jobs/{job_id}/{query}")
+    comm.scope["user"] = user
+    connected, _ = await comm.connect()
+    assert connected
+    return comm
+
+
+async def test_owner_gets_the_current_state_then_each_new_event(user):
+    job = await database_sync_to_async(_running_job)(user)
+    comm = await _connect(job.pk, user)
+    first = await comm.receive_from(timeout=3)
+    assert 'id="job-live"' in first and 'data-status="running"' in first
+    assert 'data-percent="0.0"' in first
+
+    def progress():
+        services.job_progress_set(job_id=job.pk, done=4, total=10)
+        services.job_event_record(job_id=job.pk, kind=JobEvent.Kind.PROGRESS,
+                                  data={"done": 4, "total": 10})
+        services.job_event_record(job_id=job.pk, kind=JobEvent.Kind.LOG,
+                                  data={"msg": "halfway <there>"})
+
+    await database_sync_to_async(progress)()
+    update = await comm.receive_from(timeout=3)
+    assert 'data-percent="40.0"' in update
+    assert "halfway &lt;there&gt;" in update  # escaped, appended to the history too
+    assert 'id="job-history" hx-swap-oob="beforeend"' in update
+
+    await database_sync_to_async(services.job_finish)(job_id=job.pk, status="succeeded")
+    final = await comm.receive_from(timeout=3)
+    assert 'data-status="succeeded"' in final and 'data-percent="100.0"' in final
+    closed = await comm.receive_output(timeout=3)
+    assert closed == {"type": "websocket.close", "code": 1000}
+
+
+async def test_history_sent_over_the_socket_starts_after_what_the_page_shows(user):
+    job = await database_sync_to_async(_running_job)(user)
+    last = await database_sync_to_async(
+        lambda: services.job_event_record(job_id=job.pk, kind="log", data={"msg": "old line"}).pk
+    )()
+    comm = await _connect(job.pk, user, f"?after={last}")
+    first = await comm.receive_from(timeout=3)
+    history = first.split('id="job-history"', 1)[1]
+    assert "old line" not in history
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize("who", ["stranger", "anonymous"])
+async def test_a_job_you_may_not_see_closes_with_4403(user, other_user, who):
+    job = await database_sync_to_async(_running_job)(user)
+    viewer = other_user if who == "stranger" else AnonymousUser()
+    comm = await _connect(job.pk, viewer)
+    assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4403}
+
+
+async def test_staff_may_watch_any_job(user, django_user_model):
+    admin = await database_sync_to_async(django_user_model.objects.create_superuser)(
+        username="root", password="pw-root-123456")
+    job = await database_sync_to_async(_running_job)(user)
+    comm = await _connect(job.pk, admin)
+    assert 'data-status="running"' in await comm.receive_from(timeout=3)
+    await comm.disconnect()
