@@ -22,7 +22,8 @@ REDIS_SAFETY_POLL_S = 2.0
 CLOSE_FORBIDDEN = 4403
 
 
-def _render_update(job_id: int, after: int, force: bool) -> tuple[str | None, int, bool]:
+def _render_update(job_id: int, after: int, force: bool,
+                   csrf_token: str) -> tuple[str | None, int, bool]:
     """(html or None when nothing is new, the last event id, whether the job has ended)."""
     from apps.monitoring.models import Job
 
@@ -30,6 +31,9 @@ def _render_update(job_id: int, after: int, force: bool) -> tuple[str | None, in
     ctx = selectors.job_live_context(job=job, after=after)
     if not force and not ctx["new_events"]:
         return None, after, job.is_finished
+    # The partial's cancel/retry forms post like the page's own: the browser's CSRF
+    # cookie is a valid form token.
+    ctx["csrf_token"] = csrf_token
     html = render_to_string("monitoring/job_detail.html#ws_update", ctx)
     return html, ctx["last_event_id"], job.is_finished
 
@@ -46,6 +50,7 @@ class JobConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.after = _after_from_query(self.scope.get("query_string", b""))
+        self.csrf_token = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
         self.lock = asyncio.Lock()
         self.group = f"job.{self.job_id}"
         self.redis = bool(settings.REDIS_URL)
@@ -84,7 +89,7 @@ class JobConsumer(AsyncWebsocketConsumer):
             if getattr(self, "done", False):
                 return True
             html, last, finished = await database_sync_to_async(_render_update)(
-                self.job_id, self.after, force
+                self.job_id, self.after, force, self.csrf_token
             )
             if html is not None:
                 await self.send(text_data=html)

@@ -67,8 +67,15 @@ def job_as_dict(job: Job) -> dict:
 
 def job_live_context(*, job: Job, after: int = 0) -> dict:
     """Everything the live progress partial shows, plus events newer than `after`
-    for the history list. `last_event_id` lets the next update continue from here."""
-    events = job.events.all()
+    for the history list. `last_event_id` lets the next update continue from here.
+
+    The last event id is read before the job row, and every event query stops at it:
+    a worker updates the row before it records the event, so the row read here is at
+    least as new as the events shown, and anything later is picked up next time.
+    """
+    last_id = JobEvent.objects.filter(job_id=job.pk).aggregate(m=Max("id"))["m"] or 0
+    job.refresh_from_db()
+    events = JobEvent.objects.filter(job_id=job.pk, id__lte=last_id)
     logs = list(events.filter(kind=JobEvent.Kind.LOG).order_by("-id")[:RECENT_LOG_LINES])
     metric_rows = list(
         events.filter(kind=JobEvent.Kind.METRIC).order_by("-id")
@@ -78,8 +85,7 @@ def job_live_context(*, job: Job, after: int = 0) -> dict:
     for data in reversed(metric_rows):
         for name, value in (data.get("values") or {}).items():
             series.setdefault(name, []).append((data.get("step", 0), value))
-    new_events = list(events.filter(id__gt=after)) if after >= 0 else []
-    last_id = events.aggregate(m=Max("id"))["m"] or 0
+    new_events = list(events.filter(id__gt=after).order_by("id")) if after >= 0 else []
     return {
         "job": job,
         "percent": round(job.progress * 100, 1),
@@ -91,8 +97,9 @@ def job_live_context(*, job: Job, after: int = 0) -> dict:
     }
 
 
-def job_history(*, job: Job) -> list[JobEvent]:
-    return list(job.events.exclude(kind=JobEvent.Kind.PROGRESS))
+def job_history(*, job: Job, up_to: int) -> list[JobEvent]:
+    """The page's history list; it stops where the websocket's `after` starts."""
+    return list(job.events.filter(id__lte=up_to).exclude(kind=JobEvent.Kind.PROGRESS))
 
 
 def workers_status() -> list[dict]:

@@ -50,7 +50,7 @@ def _visible_job_or_404(request, job_id):
 def job_detail(request, job_id: int):
     job = _visible_job_or_404(request, job_id)
     live = selectors.job_live_context(job=job, after=-1)
-    ctx = {**live, "history": selectors.job_history(job=job)}
+    ctx = {**live, "history": selectors.job_history(job=job, up_to=live["last_event_id"])}
     template = "monitoring/job_detail.html#live" if request.htmx else "monitoring/job_detail.html"
     return render(request, template, ctx)
 
