@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -117,3 +118,26 @@ class Up:
         for p in processes_with_home(self.home):  # never leave strays behind a failed test
             p.kill()
         return self.proc.returncode
+
+
+PG_URL = os.environ.get("AUDOBON_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("AUDOBON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+
+
+@contextlib.contextmanager
+def lan_backend():
+    """A fresh PostgreSQL database and an empty Redis db; yields the AUDOBON_* settings."""
+    import uuid
+
+    import psycopg
+    import redis
+
+    dbname = f"audobon_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    try:
+        yield {"AUDOBON_DATABASE_URL": f"{PG_URL}/{dbname}", "AUDOBON_REDIS_URL": REDIS_URL}
+    finally:
+        with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import uuid
 
 import pytest
 
-from tests.proc import Up, audobon_env
+from tests.proc import Up, audobon_env, lan_backend
 
 CHROMIUM = os.environ.get("AUDOBON_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-PG_URL = os.environ.get("AUDOBON_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("AUDOBON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 
 
 @pytest.fixture(params=[
@@ -23,28 +21,16 @@ REDIS_URL = os.environ.get("AUDOBON_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 def server(request, tmp_path):
     """`audobon up` on SQLite + the embedded queue, or on PostgreSQL + Redis."""
     home = tmp_path / "home"
-    extra = {}
-    dbname = None
-    if request.param == "lan":
-        import psycopg
-        import redis
-
-        dbname = f"audobon_e2e_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        redis.Redis.from_url(REDIS_URL).flushdb()
-        extra = {"AUDOBON_DATABASE_URL": f"{PG_URL}/{dbname}", "AUDOBON_REDIS_URL": REDIS_URL}
-    up = Up(home, env=audobon_env(home, **extra)).start()
-    up.backend = request.param
-    yield up
-    up.stop()
-    # Shown by pytest only when the test failed.
-    print("---- audobon up output ----\n" + "".join(up.lines[-200:]))
-    if dbname:
-        import psycopg
-
-        with psycopg.connect(f"{PG_URL}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    backend = lan_backend() if request.param == "lan" else contextlib.nullcontext({})
+    with backend as extra:
+        up = Up(home, env=audobon_env(home, **extra)).start()
+        up.backend = request.param
+        try:
+            yield up
+        finally:
+            up.stop()
+            # Shown by pytest only when the test failed.
+            print("---- audobon up output ----\n" + "".join(up.lines[-200:]))
 
 
 @pytest.fixture
