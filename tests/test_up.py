@@ -95,6 +95,12 @@ def test_up_runs_jobs_survives_a_crashed_worker_and_stops_cleanly(home):
         _wait(lambda: _job(env, again)["status"] == "running")
         assert _job(env, again)["worker_id"].endswith(f":{new_worker.pid}:heavy")
 
+        # A long heavy job does not delay a light one.
+        light_id = int(audobon(env, "jobs", "submit", "selftest", "--spec",
+                               '{"steps": 2, "step_seconds": 0}').stdout)
+        assert audobon(env, "jobs", "watch", str(light_id)).returncode == 0
+        assert _job(env, again)["status"] == "running"
+
         # SIGTERM stops everything; the running job is left interrupted, not "running".
         children = up.children()
         assert up.stop() == 0
