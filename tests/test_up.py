@@ -111,12 +111,17 @@ def test_up_runs_jobs_survives_a_crashed_worker_and_stops_cleanly(home):
         up.stop()
 
 
-def test_second_start_reuses_the_admin_and_prints_a_new_link(home):
+def test_second_start_cleans_up_reuses_the_admin_and_prints_a_new_link(home):
     env = audobon_env(home)
     first = Up(home, env=env).start()
     first.stop()
+    # What a killed ingest leaves behind is cleaned before the workers start.
+    leftover = home / "store" / "tmp" / "ingest-killed.tmp"
+    leftover.write_bytes(b"half a blob")
     second = Up(home, env=env, port=free_port()).start()
     try:
+        assert not leftover.exists()
+        assert "temporary files of interrupted ingests removed: 1" in "".join(second.lines)
         assert "Created the administrator" not in "".join(second.lines)
         assert second.login_link and second.login_link != first.login_link
     finally:

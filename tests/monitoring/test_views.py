@@ -20,7 +20,7 @@ def ada_client(client, user):
 
 
 def test_pages_need_a_login(client):
-    for name in ("monitoring:dashboard", "monitoring:job_list", "assets:index"):
+    for name in ("monitoring:dashboard", "monitoring:job_list", "assets:library"):
         resp = client.get(reverse(name))
         assert resp.status_code == 302 and resp["Location"].startswith("/login/")
 

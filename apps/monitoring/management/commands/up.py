@@ -22,6 +22,7 @@ from django.db import connection
 
 from apps.monitoring import services
 from apps.monitoring.engine.supervisor import ChildSpec, Supervisor
+from apps.monitoring.startup import run_startup_hooks
 from audobon_site.login_links import login_link_path
 
 READY_TIMEOUT_S = 120
@@ -78,6 +79,9 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         user, password = services.admin_ensure()
         interrupted = services.jobs_interrupt_orphans()
+        for label, result in run_startup_hooks():
+            if result:
+                self.stdout.write(f"{label}: {result}")
         url_host = f"[{host.strip('[]')}]" if ":" in host else host
         base = f"http://{url_host}:{port}"
         link = base + login_link_path(user)

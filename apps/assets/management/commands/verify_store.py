@@ -1,0 +1,19 @@
+from django.core.management.base import CommandError
+
+from apps.assets import services
+from apps.monitoring.foreground import ForegroundCommand
+
+
+class Command(ForegroundCommand):
+    help = "Re-hash every blob the library uses; report corrupt and missing ones."
+
+    def handle(self, *args, **opts):
+        report, affected = services.store_verify(reporter=self.progress("verify"))
+        result = {"ok": report.ok, "checked": report.checked, "bytes": report.bytes,
+                  "corrupt": report.corrupt, "missing": report.missing, "affected": affected}
+        lines = [f"checked {report.checked} blobs, {report.bytes} bytes"]
+        lines += [f"corrupt: {s}" for s in report.corrupt] + [f"missing: {s}" for s in report.missing]
+        lines += [f"  used by {a['version']}: {', '.join(a['files'])}" for a in affected]
+        self.emit(result, "\n".join(lines))
+        if not report.ok:
+            raise CommandError("the store is damaged", returncode=1)

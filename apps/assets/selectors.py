@@ -1,0 +1,130 @@
+"""Reads for the library pages and commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Count, QuerySet, Sum
+
+from apps.assets import search
+from apps.assets.models import Asset, AssetVersion, Tag
+
+PAGE_SIZE = 25
+
+
+@dataclass
+class LibraryPage:
+    assets: list[Asset]
+    total: int
+    page: int
+    pages: int
+    kind_counts: list[tuple[str, int]]
+    tag_counts: list[tuple[str, int]]
+    problems: list[str]
+
+
+def assets_live() -> QuerySet[Asset]:
+    return Asset.objects.filter(trashed_at__isnull=True)
+
+
+def library_search(*, query: str = "", user=None, page: int = 1, trashed: bool = False,
+                   page_size: int = PAGE_SIZE) -> LibraryPage:
+    parsed = search.parse_query(query)
+    base = Asset.objects.filter(trashed_at__isnull=not trashed)
+    qs = search.apply_filters(base, parsed, user=user)
+    total = qs.count()
+    pages = max(1, -(-total // page_size))
+    page = min(max(1, page), pages)
+    assets = list(qs.select_related("owner").prefetch_related("tags")
+                  .order_by("-updated_at")[(page - 1) * page_size: page * page_size])
+    kind_counts = list(qs.order_by().values_list("kind").annotate(n=Count("id")).order_by("-n"))
+    return LibraryPage(assets, total, page, pages, kind_counts,
+                       _tag_counts(qs, everything=not (parsed.words or parsed.filters), trashed=trashed),
+                       parsed.problems)
+
+
+def _tag_counts(qs: QuerySet[Asset], *, everything: bool, trashed: bool) -> list[tuple[str, int]]:
+    """The 20 most used tags in the result, counted on the tag links alone."""
+    links = Asset.tags.through.objects.all()
+    if everything and not trashed:
+        # The whole library: leave out the (few) trashed assets instead of listing the rest.
+        links = links.exclude(
+            asset_id__in=Asset.objects.filter(trashed_at__isnull=False).values("id"))
+    else:
+        links = links.filter(asset_id__in=qs.order_by().values("id"))
+    top = list(links.values_list("tag_id").annotate(n=Count("*")).order_by("-n", "tag_id")[:20])
+    names = dict(Tag.objects.filter(pk__in=[t for t, _ in top]).values_list("pk", "name"))
+    return [(names[t], n) for t, n in top]
+
+
+def asset_get(*, name: str) -> Asset | None:
+    return Asset.objects.select_related("owner").filter(name=name).first()
+
+
+def asset_version_get(*, ref: str) -> AssetVersion:
+    """`NAME` (the head) or `NAME@N`. Raises LookupError with a message naming what is missing."""
+    name, _, number = ref.rpartition("@") if "@" in ref else (ref, "", "")
+    asset = asset_get(name=name)
+    if asset is None:
+        raise LookupError(f"no asset named {name!r}")
+    if number:
+        if not number.isdigit():
+            raise LookupError(f"{ref!r}: the version after @ is a number")
+        version = asset.versions.filter(number=int(number)).first()
+        if version is None:
+            raise LookupError(f"asset {name!r} has no version {number} (it has 1..{asset.head_number})")
+        return version
+    version = asset.versions.filter(number=asset.head_number).first()
+    if version is None:
+        raise LookupError(f"asset {name!r} has no version yet")
+    return version
+
+
+def asset_versions(*, asset: Asset) -> list[AssetVersion]:
+    return list(asset.versions.select_related("created_by", "job")
+                .prefetch_related("parents__asset").order_by("-number"))
+
+
+def lineage(*, version: AssetVersion, depth: int = 4) -> dict:
+    """Ancestors (parents, their parents…) and descendants of one version, by level."""
+    ancestors, frontier, seen = [], [version], {version.pk}
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            for p in v.parents.select_related("asset"):
+                if p.pk not in seen:
+                    seen.add(p.pk)
+                    nxt.append(p)
+        if not nxt:
+            break
+        ancestors.append(nxt)
+        frontier = nxt
+    descendants, frontier = [], [version]
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            for c in v.children.select_related("asset"):
+                if c.pk not in seen:
+                    seen.add(c.pk)
+                    nxt.append(c)
+        if not nxt:
+            break
+        descendants.append(nxt)
+        frontier = nxt
+    edges = []
+    for level in [*ancestors, [version], *descendants]:
+        for v in level:
+            for p in v.parents.all():
+                if p.pk in seen or p.pk == version.pk:
+                    edges.append((p.pk, v.pk))
+    return {"ancestors": ancestors, "version": version, "descendants": descendants,
+            "edges": edges}
+
+
+def storage_usage() -> dict:
+    by_kind = list(assets_live().values_list("kind").annotate(n=Count("id"), b=Sum("size_bytes"))
+                   .order_by("-b"))
+    biggest = list(assets_live().order_by("-size_bytes")[:20])
+    trashed = Asset.objects.filter(trashed_at__isnull=False).aggregate(n=Count("id"),
+                                                                       b=Sum("size_bytes"))
+    return {"by_kind": by_kind, "biggest": biggest, "trashed": trashed}

@@ -1,0 +1,319 @@
+import json
+import tarfile
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_http_methods, require_POST
+
+from apps.assets import selectors, services
+from apps.assets.engine import previews
+from apps.assets.forms import AssetEditForm, BackupForm, RecoveryPointForm, UploadStartForm
+from apps.assets.lineage_svg import lineage_svg
+from apps.assets.models import Asset, Backup, RecoveryPoint, Upload
+from apps.monitoring.services import job_submit
+
+
+@login_required
+def library(request):
+    try:
+        page = int(request.GET.get("page", 1))
+    except ValueError:
+        page = 1
+    query = request.GET.get("q", "")
+    result = selectors.library_search(query=query, user=request.user, page=page)
+    ctx = {"result": result, "q": query}
+    template = "assets/library.html#results" if request.htmx else "assets/library.html"
+    return render(request, template, ctx)
+
+
+def _version_or_404(name: str, number: int | None = None):
+    ref = name if number is None else f"{name}@{number}"
+    try:
+        return selectors.asset_version_get(ref=ref)
+    except LookupError as exc:
+        raise Http404(str(exc)) from None
+
+
+def _version_url(version) -> str:
+    return reverse("assets:asset_detail", args=[version.asset.name]) + f"?v={version.number}"
+
+
+@login_required
+def asset_detail(request, name: str):
+    number = request.GET.get("v")
+    version = _version_or_404(name, int(number) if number and number.isdigit() else None)
+    asset = version.asset
+    graph = selectors.lineage(version=version)
+    files = sorted(((p, e["size"], previews.preview_kind(p)) for p, e in version.manifest.items()))
+    ctx = {
+        "asset": asset, "version": version, "versions": selectors.asset_versions(asset=asset),
+        "files": files, "lineage_svg": mark_safe(lineage_svg(graph, _version_url)),  # noqa: S308
+        "edit_form": AssetEditForm(initial={
+            "tags": ", ".join(t.name for t in asset.tags.all()), "category": asset.category,
+            "description": asset.description}),
+        "model_summary": _model_summary(version) if asset.kind in ("model", "component") else None,
+    }
+    return render(request, "assets/asset_detail.html", ctx)
+
+
+def _model_summary(version) -> dict:
+    config = version.manifest.get("config.json")
+    text = None
+    if config and config["size"] < 1_000_000:
+        text = previews.read_limited(services.blob_store().blob_path(config["sha256"]), 1_000_000)
+    return previews.model_summary(text, {p: e["size"] for p, e in version.manifest.items()})
+
+
+@login_required
+def file_preview(request, name: str, number: int, path: str):
+    version = _version_or_404(name, number)
+    entry = version.manifest.get(path)
+    if entry is None:
+        raise Http404(f"{version} has no file {path!r}")
+    blob = services.blob_store().blob_path(entry["sha256"])
+    kind = previews.preview_kind(path)
+    ctx = {"version": version, "path": path, "kind": kind, "size": entry["size"]}
+    try:
+        if kind == "image":
+            ctx["thumb_url"] = reverse("assets:thumbnail", args=[entry["sha256"]])
+        elif kind == "dataset":
+            ctx["columns"], ctx["rows"] = previews.dataset_rows(blob, name=path)
+        elif kind == "text":
+            ctx["text"], ctx["more"] = previews.text_head(blob, name=path)
+    except (OSError, ValueError) as exc:
+        ctx["error"] = f"{path}: cannot preview ({exc})"
+    return render(request, "assets/_preview.html", ctx)
+
+
+@login_required
+def thumbnail(request, sha256: str):
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise Http404("not a sha256")
+    store = services.blob_store()
+    if not store.has(sha256):
+        raise Http404("no such blob")
+    dest = settings.AUDOBON_HOME / "cache" / "thumbs" / f"{sha256}-{previews.THUMB_PX}.png"
+    try:
+        previews.thumbnail(store.blob_path(sha256), dest)
+    except (OSError, ValueError) as exc:
+        return HttpResponse(f"cannot make a thumbnail: {exc}", status=415, content_type="text/plain")
+    response = FileResponse(dest.open("rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=86400, immutable"
+    return response
+
+
+class _Pipe:
+    """A write-only file for tarfile that hands what it gets to the response stream."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+
+    def write(self, data):
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def drain(self):
+        out, self.chunks = b"".join(self.chunks), []
+        return out
+
+
+def _tar_stream(version):
+    store = services.blob_store()
+    pipe = _Pipe()
+    root = f"{version.asset.name}-v{version.number}"
+    with tarfile.open(fileobj=pipe, mode="w|") as tar:
+        for path, entry in sorted(version.manifest.items()):
+            info = tarfile.TarInfo(f"{root}/{path}")
+            info.size = entry["size"]
+            info.mode = 0o644
+            with store.open_blob(entry["sha256"]) as fh:
+                tar.addfile(info, fh)
+            yield pipe.drain()
+    yield pipe.drain()
+
+
+@login_required
+def version_download(request, name: str, number: int):
+    version = _version_or_404(name, number)
+    response = StreamingHttpResponse(_tar_stream(version), content_type="application/x-tar")
+    response["Content-Disposition"] = (
+        f'attachment; filename="{version.asset.name}-v{version.number}.tar"')
+    return response
+
+
+@login_required
+@require_POST
+def version_restore(request, name: str, number: int):
+    version = _version_or_404(name, number)
+    new = services.asset_version_restore(version=version, user=request.user)
+    messages.success(request, f"{new} is now current: a copy of version {version.number}.")
+    return redirect(_version_url(new))
+
+
+@login_required
+@require_POST
+def asset_edit(request, name: str):
+    asset = selectors.asset_get(name=name) or _raise404(name)
+    form = AssetEditForm(request.POST)
+    if form.is_valid():
+        try:
+            services.asset_update(asset=asset, tags=form.cleaned_data["tags"].split(","),
+                                  category=form.cleaned_data["category"],
+                                  description=form.cleaned_data["description"])
+            messages.success(request, "Saved.")
+        except services.AssetInputError as exc:
+            messages.error(request, str(exc))
+    return redirect("assets:asset_detail", name=asset.name)
+
+
+@login_required
+@require_POST
+def asset_trash_toggle(request, name: str):
+    asset = selectors.asset_get(name=name) or _raise404(name)
+    if asset.trashed_at:
+        services.asset_untrash(asset=asset)
+        messages.success(request, f"{asset.name} is back in the library.")
+    else:
+        services.asset_trash(asset=asset)
+        messages.success(request, f"{asset.name} moved to the trash.")
+    return redirect("assets:asset_detail", name=asset.name)
+
+
+def _raise404(name):
+    raise Http404(f"no asset named {name!r}")
+
+
+# --- upload ----------------------------------------------------------------------------------
+
+@login_required
+def upload_page(request):
+    return render(request, "assets/upload.html", {"form": UploadStartForm()})
+
+
+@login_required
+@require_POST
+def upload_create(request):
+    try:
+        data = json.loads(request.body or b"{}")
+        upload = services.upload_create(owner=request.user, name=data.get("name", ""),
+                                        kind=data.get("kind", ""), files=data.get("files") or [])
+    except (ValueError, services.AssetInputError) as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse(_upload_state(upload), status=201)
+
+
+def _upload_state(upload) -> dict:
+    received = services.upload_received(upload)
+    return {"id": str(upload.pk), "name": upload.name, "files": [
+        {**f, "received": got} for f, got in zip(upload.files, received, strict=True)],
+        "job": upload.job_id,
+        "job_url": reverse("monitoring:job_detail", args=[upload.job_id]) if upload.job_id else None}
+
+
+def _own_upload(request, upload_id) -> Upload:
+    upload = Upload.objects.filter(pk=upload_id, owner=request.user).first()
+    if upload is None:
+        raise Http404("no such upload")
+    return upload
+
+
+@login_required
+@require_http_methods(["GET", "DELETE"])
+def upload_state(request, upload_id):
+    upload = _own_upload(request, upload_id)
+    if request.method == "DELETE":
+        services.upload_discard(upload_id=upload.pk)
+        return JsonResponse({"discarded": True})
+    return JsonResponse(_upload_state(upload))
+
+
+@login_required
+@require_http_methods(["PUT", "POST"])
+def upload_chunk(request, upload_id, index: int):
+    upload = _own_upload(request, upload_id)
+    try:
+        offset = int(request.GET.get("offset", "-1"))
+        length = int(request.headers.get("Content-Length") or 0)
+        received = services.upload_chunk_write(upload=upload, index=index, offset=offset,
+                                               stream=request, length=length)
+    except (ValueError, services.AssetInputError) as exc:
+        return JsonResponse({"error": str(exc), **_upload_state(upload)}, status=409)
+    return JsonResponse({"received": received})
+
+
+@login_required
+@require_POST
+def upload_finish(request, upload_id):
+    upload = _own_upload(request, upload_id)
+    try:
+        job = services.upload_finish(upload=upload)
+    except services.AssetInputError as exc:
+        return JsonResponse({"error": str(exc), **_upload_state(upload)}, status=409)
+    return JsonResponse({"job": job.pk, "job_url": reverse("monitoring:job_detail", args=[job.pk])})
+
+
+# --- upkeep pages -------------------------------------------------------------------------------
+
+@login_required
+def storage(request):
+    count, size = services.blob_store().usage()
+    ctx = {"usage": selectors.storage_usage(), "blob_count": count, "blob_bytes": size,
+           "backups": Backup.objects.all()[:20], "backup_form": BackupForm(),
+           "points": RecoveryPoint.objects.all()[:50], "point_form": RecoveryPointForm(),
+           "trash": Asset.objects.filter(trashed_at__isnull=False).order_by("-trashed_at")[:50]}
+    return render(request, "assets/storage.html", ctx)
+
+
+@login_required
+@require_POST
+def store_job(request, kind: str):
+    specs = {"store_verify": {}, "store_gc": {"execute": request.POST.get("execute") == "1"}}
+    if kind == "library_backup":
+        form = BackupForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Give the backup file's path.")
+            return redirect("assets:storage")
+        specs[kind] = {"dest": str(Path(form.cleaned_data["dest"]).expanduser())}
+    if kind not in specs:
+        raise Http404(kind)
+    job = job_submit(kind=kind, spec=specs[kind], owner=request.user)
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def recovery_point_create(request):
+    form = RecoveryPointForm(request.POST)
+    try:
+        if form.is_valid():
+            point = services.recovery_point_create(name=form.cleaned_data["name"], user=request.user)
+            messages.success(request, f"Recovery point {point.name!r} holds {len(point.heads)} assets.")
+    except services.AssetInputError as exc:
+        messages.error(request, str(exc))
+    return redirect("assets:storage")
+
+
+@login_required
+@require_POST
+def recovery_point_restore(request, point_id):
+    point = RecoveryPoint.objects.filter(pk=point_id).first()
+    if point is None:
+        raise Http404("no such recovery point")
+    result = services.recovery_point_restore(point=point, user=request.user)
+    messages.success(request, f"Back at {point.name!r}: {len(result['restored'])} assets restored, "
+                              f"{len(result['trashed'])} newer ones moved to the trash.")
+    return redirect("assets:library")
+
+
+@login_required
+@require_POST
+def trash_empty(request):
+    n = services.trash_empty()
+    messages.success(request, f"Deleted {n} assets for good. Run gc to free their space.")
+    return redirect("assets:storage")
