@@ -85,38 +85,30 @@ def asset_versions(*, asset: Asset) -> list[AssetVersion]:
                 .prefetch_related("parents__asset").order_by("-number"))
 
 
+def _walk(start: AssetVersion, relation: str, seen: set, depth: int) -> list[list[AssetVersion]]:
+    """Levels of versions reached through `parents` or `children`, nearest first."""
+    levels, frontier = [], [start]
+    for _ in range(depth):
+        nxt = []
+        for v in frontier:
+            for other in getattr(v, relation).select_related("asset"):
+                if other.pk not in seen:
+                    seen.add(other.pk)
+                    nxt.append(other)
+        if not nxt:
+            break
+        levels.append(nxt)
+        frontier = nxt
+    return levels
+
+
 def lineage(*, version: AssetVersion, depth: int = 4) -> dict:
     """Ancestors (parents, their parents…) and descendants of one version, by level."""
-    ancestors, frontier, seen = [], [version], {version.pk}
-    for _ in range(depth):
-        nxt = []
-        for v in frontier:
-            for p in v.parents.select_related("asset"):
-                if p.pk not in seen:
-                    seen.add(p.pk)
-                    nxt.append(p)
-        if not nxt:
-            break
-        ancestors.append(nxt)
-        frontier = nxt
-    descendants, frontier = [], [version]
-    for _ in range(depth):
-        nxt = []
-        for v in frontier:
-            for c in v.children.select_related("asset"):
-                if c.pk not in seen:
-                    seen.add(c.pk)
-                    nxt.append(c)
-        if not nxt:
-            break
-        descendants.append(nxt)
-        frontier = nxt
-    edges = []
-    for level in [*ancestors, [version], *descendants]:
-        for v in level:
-            for p in v.parents.all():
-                if p.pk in seen or p.pk == version.pk:
-                    edges.append((p.pk, v.pk))
+    seen = {version.pk}
+    ancestors = _walk(version, "parents", seen, depth)
+    descendants = _walk(version, "children", seen, depth)
+    edges = [(p.pk, v.pk) for level in [*ancestors, [version], *descendants] for v in level
+             for p in v.parents.all() if p.pk in seen]
     return {"ancestors": ancestors, "version": version, "descendants": descendants,
             "edges": edges}
 
