@@ -73,6 +73,9 @@ class AssetVersion(models.Model):
     spec = models.JSONField(default=dict, blank=True)
     message = models.CharField(max_length=500, blank=True)
     size_bytes = models.BigIntegerField(default=0)
+    # Set for a model referenced in place (the registry's "don't copy it"): the files stay
+    # in this folder, and manifest hashes are known only where the source names them.
+    location = models.CharField(max_length=1000, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -72,9 +72,10 @@ def asset_version_create(*, name: str, kind: str, entries: list[FileEntry], owne
                          metadata: dict | None = None, parents: Iterable[AssetVersion] = (),
                          created_by=None, job=None, spec: dict | None = None, message: str = "",
                          description: str | None = None, tags: Iterable[str] | None = None,
-                         category: str | None = None) -> AssetVersion:
+                         category: str | None = None, location: str = "") -> AssetVersion:
     """Add a version to asset `name` (made on first use). Every blob must already be in
-    the store: a version never points at a missing blob."""
+    the store: a version never points at a missing blob. With `location`, the files are
+    referenced in place in that folder instead (nothing is copied)."""
     name = asset_name_check(name)
     if kind not in Asset.Kind.values:
         raise AssetInputError(f"kind {kind!r} is not one of {', '.join(Asset.Kind.values)}")
@@ -84,7 +85,11 @@ def asset_version_create(*, name: str, kind: str, entries: list[FileEntry], owne
             raise AssetInputError(f"file {e.path!r} appears twice in the version")
         seen.add(e.path)
     store = blob_store()
-    missing = [e.path for e in entries if not store.has(e.sha256)]
+    if location:
+        root = Path(location)
+        missing = [e.path for e in entries if not (root / e.path).is_file()]
+    else:
+        missing = [e.path for e in entries if not store.has(e.sha256)]
     if missing:
         raise BlobMissingError(f"not in the store, so no version was made: {', '.join(missing[:5])}")
     clean_tags = tags_clean(tags) if tags is not None else None
@@ -102,7 +107,7 @@ def asset_version_create(*, name: str, kind: str, entries: list[FileEntry], owne
         version = AssetVersion.objects.create(
             asset=asset, number=asset.head_number + 1, manifest=manifest,
             metadata=metadata or {}, created_by=created_by, job=job, spec=spec or {},
-            message=message[:500], size_bytes=size,
+            message=message[:500], size_bytes=size, location=location,
         )
         version.parents.set(list(parents))
         asset.head_number = version.number
@@ -158,14 +163,44 @@ def describe_source(source: Path, entries: list[FileEntry]) -> dict:
     return meta
 
 
+def version_entries(version: AssetVersion) -> list[FileEntry]:
+    return [FileEntry(path=p, sha256=v["sha256"], size=v["size"]) for p, v in version.manifest.items()]
+
+
+def version_file(version: AssetVersion, path: str) -> Path:
+    """Where one file of a version is: its blob, or the file in the referenced folder."""
+    entry = version.manifest[path]
+    if version.location:
+        return Path(version.location) / path
+    return blob_store().blob_path(entry["sha256"])
+
+
+def asset_version_export(*, version: AssetVersion, dest: Path, reporter=None) -> None:
+    """Write a version's files into the new folder `dest` (atomically, hashes checked)."""
+    if not version.location:
+        blob_store().export(version_entries(version), dest, reporter=reporter or NullReporter())
+        return
+    if dest.exists():
+        raise AssetInputError(f"{dest} already exists")
+    tmp = dest.parent / f".{dest.name}.tmp-export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for path in sorted(version.manifest):
+        target = tmp / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = version_file(version, path)
+        if not src.is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise AssetInputError(f"{version} is referenced in place and {src} is gone")
+        shutil.copyfile(src, target)
+    tmp.rename(dest)
+
+
 def asset_version_restore(*, version: AssetVersion, user=None) -> AssetVersion:
     """Make the old version current again as a new version: history is never rewritten."""
-    entries = [FileEntry(path=p, sha256=v["sha256"], size=v["size"])
-               for p, v in version.manifest.items()]
     return asset_version_create(
-        name=version.asset.name, kind=version.asset.kind, entries=entries,
+        name=version.asset.name, kind=version.asset.kind, entries=version_entries(version),
         metadata=version.metadata, parents=[version], created_by=user,
-        spec={"restored_from": str(version.pk)},
+        spec={"restored_from": str(version.pk)}, location=version.location,
         message=f"restored from version {version.number}",
     )
 
@@ -246,9 +281,11 @@ def recovery_point_restore(*, point: RecoveryPoint, user=None) -> dict:
 # --- store upkeep -----------------------------------------------------------------------------
 
 def referenced_blobs() -> dict[str, int]:
-    """Every blob some version points at (trashed assets included: trash is recoverable)."""
+    """Every blob some version points at (trashed assets included: trash is recoverable).
+    Versions referenced in place have no blobs."""
     refs: dict[str, int] = {}
-    for manifest in AssetVersion.objects.values_list("manifest", flat=True).iterator():
+    for manifest in AssetVersion.objects.filter(location="").values_list(
+            "manifest", flat=True).iterator():
         for entry in manifest.values():
             refs[entry["sha256"]] = entry["size"]
     return refs
@@ -260,10 +297,17 @@ def store_verify(*, reporter=None):
     bad = set(report.corrupt) | set(report.missing)
     affected = []
     if bad:
-        for version in AssetVersion.objects.select_related("asset").iterator():
+        for version in AssetVersion.objects.filter(location="").select_related("asset").iterator():
             files = [p for p, e in version.manifest.items() if e["sha256"] in bad]
             if files:
                 affected.append({"version": str(version), "files": files})
+    # Referenced in place: the files must still be there, at their size.
+    for version in AssetVersion.objects.exclude(location="").select_related("asset").iterator():
+        root = Path(version.location)
+        gone = [p for p, e in version.manifest.items()
+                if not (root / p).is_file() or (root / p).stat().st_size != e["size"]]
+        if gone:
+            affected.append({"version": str(version), "files": gone, "location": version.location})
     return report, affected
 
 
@@ -417,6 +461,7 @@ def library_tables_dump() -> bytes:
             "metadata": v.metadata, "parents": [str(p.pk) for p in v.parents.all()],
             "created_by": v.created_by.get_username() if v.created_by else None,
             "spec": v.spec, "message": v.message, "created_at": v.created_at.isoformat(),
+            "location": v.location,
         })
     points = [{"id": str(p.pk), "name": p.name, "heads": p.heads,
                "created_at": p.created_at.isoformat()} for p in RecoveryPoint.objects.all()]
@@ -483,6 +528,7 @@ def library_restore(*, path: Path, job=None, reporter=None) -> dict:
                 id=v["id"], asset=asset, number=number, manifest=v["manifest"],
                 metadata=v["metadata"], created_by=users.get(v["created_by"]), spec=v["spec"],
                 message=v["message"], size_bytes=sum(e["size"] for e in v["manifest"].values()),
+                location=v.get("location", ""),
             )
             by_id[v["id"]] = (version, v["parents"])
             if number > asset.head_number:

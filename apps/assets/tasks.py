@@ -74,7 +74,7 @@ class EmptySpec(BaseModel):
 @job_kind(name="store_verify", spec=EmptySpec, area="assets", label="Verify the store")
 def store_verify(spec: EmptySpec, reporter, job) -> dict:
     report, affected = services.store_verify(reporter=reporter)
-    if not report.ok:
+    if not report.ok or affected:
         raise RuntimeError(f"store damaged: {len(report.corrupt)} corrupt, "
                            f"{len(report.missing)} missing blobs; affected {affected[:10]}")
     return {"checked": report.checked, "bytes": report.bytes}

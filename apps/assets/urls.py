@@ -16,11 +16,11 @@ urlpatterns = [
     path("recovery-points/<uuid:point_id>/restore/", views.recovery_point_restore,
          name="recovery_point_restore"),
     path("trash/empty/", views.trash_empty, name="trash_empty"),
-    path("thumbs/<str:sha256>.png", views.thumbnail, name="thumbnail"),
     path("a/<str:name>/", views.asset_detail, name="asset_detail"),
     path("a/<str:name>/edit/", views.asset_edit, name="asset_edit"),
     path("a/<str:name>/trash/", views.asset_trash_toggle, name="asset_trash"),
     path("a/<str:name>/v/<int:number>/download/", views.version_download, name="version_download"),
     path("a/<str:name>/v/<int:number>/restore/", views.version_restore, name="version_restore"),
     path("a/<str:name>/v/<int:number>/files/<path:path>", views.file_preview, name="file_preview"),
+    path("a/<str:name>/v/<int:number>/thumbs/<path:path>", views.thumbnail, name="thumbnail"),
 ]

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -66,7 +67,7 @@ def _model_summary(version) -> dict:
     config = version.manifest.get("config.json")
     text = None
     if config and config["size"] < 1_000_000:
-        text = previews.read_limited(services.blob_store().blob_path(config["sha256"]), 1_000_000)
+        text = previews.read_limited(services.version_file(version, "config.json"), 1_000_000)
     return previews.model_summary(text, {p: e["size"] for p, e in version.manifest.items()})
 
 
@@ -76,12 +77,12 @@ def file_preview(request, name: str, number: int, path: str):
     entry = version.manifest.get(path)
     if entry is None:
         raise Http404(f"{version} has no file {path!r}")
-    blob = services.blob_store().blob_path(entry["sha256"])
+    blob = services.version_file(version, path)
     kind = previews.preview_kind(path)
     ctx = {"version": version, "path": path, "kind": kind, "size": entry["size"]}
     try:
         if kind == "image":
-            ctx["thumb_url"] = reverse("assets:thumbnail", args=[entry["sha256"]])
+            ctx["thumb_url"] = reverse("assets:thumbnail", args=[name, number, path])
         elif kind == "dataset":
             ctx["columns"], ctx["rows"] = previews.dataset_rows(blob, name=path)
         elif kind == "text":
@@ -92,19 +93,21 @@ def file_preview(request, name: str, number: int, path: str):
 
 
 @login_required
-def thumbnail(request, sha256: str):
-    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
-        raise Http404("not a sha256")
-    store = services.blob_store()
-    if not store.has(sha256):
-        raise Http404("no such blob")
-    dest = settings.AUDOBON_HOME / "cache" / "thumbs" / f"{sha256}-{previews.THUMB_PX}.png"
+def thumbnail(request, name: str, number: int, path: str):
+    version = _version_or_404(name, number)
+    entry = version.manifest.get(path)
+    if entry is None:
+        raise Http404(f"{version} has no file {path!r}")
+    src = services.version_file(version, path)
+    # Content-addressed where the hash is known; referenced files by where and when.
+    key = entry["sha256"] or hashlib.sha256(f"{src}:{src.stat().st_mtime_ns}".encode()).hexdigest()
+    dest = settings.AUDOBON_HOME / "cache" / "thumbs" / f"{key}-{previews.THUMB_PX}.png"
     try:
-        previews.thumbnail(store.blob_path(sha256), dest)
+        previews.thumbnail(src, dest)
     except (OSError, ValueError) as exc:
         return HttpResponse(f"cannot make a thumbnail: {exc}", status=415, content_type="text/plain")
     response = FileResponse(dest.open("rb"), content_type="image/png")
-    response["Cache-Control"] = "private, max-age=86400, immutable"
+    response["Cache-Control"] = "private, max-age=86400"
     return response
 
 
@@ -124,7 +127,6 @@ class _Pipe:
 
 
 def _tar_stream(version):
-    store = services.blob_store()
     pipe = _Pipe()
     root = f"{version.asset.name}-v{version.number}"
     with tarfile.open(fileobj=pipe, mode="w|") as tar:
@@ -132,7 +134,7 @@ def _tar_stream(version):
             info = tarfile.TarInfo(f"{root}/{path}")
             info.size = entry["size"]
             info.mode = 0o644
-            with store.open_blob(entry["sha256"]) as fh:
+            with services.version_file(version, path).open("rb") as fh:
                 tar.addfile(info, fh)
             yield pipe.drain()
     yield pipe.drain()

@@ -290,3 +290,22 @@ def test_tables_dump_is_json_with_lineage():
     by_asset = {v["asset"]: v for v in tables["versions"]}
     child = by_asset[str(Asset.objects.get(name="c").pk)]
     assert child["parents"] == [str(a.pk)]
+
+
+def test_a_model_referenced_in_place_stays_where_it_is(model_dir, tmp_path, fresh_library):
+    entries = [FileEntry(p.relative_to(model_dir).as_posix(), "", p.stat().st_size)
+               for p in sorted(model_dir.rglob("*")) if p.is_file()]
+    v = services.asset_version_create(name="in-place", kind="model", entries=entries,
+                                      location=str(model_dir))
+    assert services.blob_store().usage() == (0, 0)  # nothing copied
+    assert services.version_file(v, "config.json") == model_dir / "config.json"
+    services.asset_version_export(version=v, dest=tmp_path / "copy")
+    assert (tmp_path / "copy" / "tokenizer" / "vocab.txt").read_text() == "a\nb\nc\n"
+    assert services.store_verify()[1] == []
+    (model_dir / "config.json").unlink()
+    report, affected = services.store_verify()
+    assert affected == [{"version": "in-place@1", "files": ["config.json"],
+                         "location": str(model_dir)}]
+    with pytest.raises(BlobMissingError, match="config"):
+        services.asset_version_create(name="in-place", kind="model", entries=entries,
+                                      location=str(model_dir))

@@ -2,7 +2,6 @@ from pathlib import Path
 
 from apps.assets import selectors, services
 from apps.assets.engine.errors import StoreError
-from apps.assets.engine.store import FileEntry
 from apps.monitoring.foreground import ForegroundCommand
 
 
@@ -16,9 +15,8 @@ class Command(ForegroundCommand):
 
     def handle(self, *args, ref, dir, **opts):
         version = selectors.asset_version_get(ref=ref)
-        entries = [FileEntry(path=p, sha256=e["sha256"], size=e["size"])
-                   for p, e in version.manifest.items()]
         dest = Path(dir).expanduser().resolve()
-        services.blob_store().export(entries, dest, reporter=self.progress(f"export {version}"))
-        self.emit({"version": str(version), "dir": str(dest), "files": len(entries)},
+        services.asset_version_export(version=version, dest=dest,
+                                      reporter=self.progress(f"export {version}"))
+        self.emit({"version": str(version), "dir": str(dest), "files": len(version.manifest)},
                   f"{version} written to {dest}")

@@ -9,11 +9,13 @@ class Command(ForegroundCommand):
 
     def handle(self, *args, **opts):
         report, affected = services.store_verify(reporter=self.progress("verify"))
-        result = {"ok": report.ok, "checked": report.checked, "bytes": report.bytes,
+        ok = report.ok and not affected
+        result = {"ok": ok, "checked": report.checked, "bytes": report.bytes,
                   "corrupt": report.corrupt, "missing": report.missing, "affected": affected}
         lines = [f"checked {report.checked} blobs, {report.bytes} bytes"]
         lines += [f"corrupt: {s}" for s in report.corrupt] + [f"missing: {s}" for s in report.missing]
-        lines += [f"  used by {a['version']}: {', '.join(a['files'])}" for a in affected]
+        lines += [f"  {a['version']}: {', '.join(a['files'])}"
+                  + (f" (gone from {a['location']})" if a.get("location") else "") for a in affected]
         self.emit(result, "\n".join(lines))
-        if not report.ok:
-            raise CommandError("the store is damaged", returncode=1)
+        if not ok:
+            raise CommandError("the library is damaged: see above", returncode=1)
