@@ -26,3 +26,14 @@ def temp_job_kind():
     yield register
     for name in added:
         JOB_KINDS.pop(name, None)
+
+
+@pytest.fixture
+def fresh_library(settings, tmp_path):
+    """Point the library at an empty store (the database is per test anyway)."""
+    home = tmp_path / "home2"
+    (home / "store").mkdir(parents=True)
+    (home / "work").mkdir()
+    (home / "cache").mkdir()
+    settings.AUDOBON_HOME = home
+    return home

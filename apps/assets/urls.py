@@ -23,4 +23,5 @@ urlpatterns = [
     path("a/<str:name>/v/<int:number>/restore/", views.version_restore, name="version_restore"),
     path("a/<str:name>/v/<int:number>/files/<path:path>", views.file_preview, name="file_preview"),
     path("a/<str:name>/v/<int:number>/thumbs/<path:path>", views.thumbnail, name="thumbnail"),
+    path("a/<str:name>/v/<int:number>/raw/<path:path>", views.file_raw, name="file_raw"),
 ]

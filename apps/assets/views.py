@@ -1,5 +1,6 @@
 import hashlib
 import json
+import mimetypes
 import tarfile
 from pathlib import Path
 
@@ -109,6 +110,18 @@ def thumbnail(request, name: str, number: int, path: str):
     response = FileResponse(dest.open("rb"), content_type="image/png")
     response["Cache-Control"] = "private, max-age=86400"
     return response
+
+
+@login_required
+def file_raw(request, name: str, number: int, path: str):
+    """One file of a version; pictures shown inline, everything else downloaded."""
+    version = _version_or_404(name, number)
+    if path not in version.manifest:
+        raise Http404(f"{version} has no file {path!r}")
+    ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    inline = ctype in ("image/png", "image/jpeg", "image/gif", "image/webp")
+    return FileResponse(services.version_file(version, path).open("rb"), content_type=ctype,
+                        as_attachment=not inline, filename=Path(path).name)
 
 
 class _Pipe:

@@ -1,11 +1,16 @@
 from django.urls import path
 
-from apps.monitoring.views import area_jobs
+from apps.registry import views
 
 app_name = "registry"
 urlpatterns = [
-    path("", area_jobs, {
-        "area": "registry", "title": "Registry",
-        "about": "Models found on disk and in the Hugging Face cache, inspected header-only.",
-    }, name="index"),
+    path("", views.model_list, name="index"),
+    path("scan/", views.scan, name="scan"),
+    path("demo/", views.demo, name="demo"),
+    path("m/<int:model_id>/", views.model_detail, name="model_detail"),
+    path("m/<int:model_id>/compat/", views.compat, name="compat"),
+    path("m/<int:model_id>/diff/", views.diff, name="diff"),
+    path("m/<int:model_id>/components/<str:component_id>/compatible/", views.compatible_components,
+         name="compatible_components"),
+    path("diffs/<str:name>/", views.diff_report, name="diff_report"),
 ]

@@ -303,7 +303,7 @@ def test_a_model_referenced_in_place_stays_where_it_is(model_dir, tmp_path, fres
     assert (tmp_path / "copy" / "tokenizer" / "vocab.txt").read_text() == "a\nb\nc\n"
     assert services.store_verify()[1] == []
     (model_dir / "config.json").unlink()
-    report, affected = services.store_verify()
+    _, affected = services.store_verify()
     assert affected == [{"version": "in-place@1", "files": ["config.json"],
                          "location": str(model_dir)}]
     with pytest.raises(BlobMissingError, match="config"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from daphne.cli import CommandLineInterface
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from apps.monitoring.engine.supervisor import watch_parent
@@ -17,4 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, **opts):
         watch_parent()
-        CommandLineInterface().run(["-b", host, "-p", str(port), "audobon_site.asgi:application"])
+        # Requests go to a log file, not the terminal `audobon up` talks to the user on.
+        access_log = settings.AUDOBON_HOME / "logs" / "access.log"
+        CommandLineInterface().run(["-b", host, "-p", str(port), "--access-log", str(access_log),
+                                    "audobon_site.asgi:application"])

