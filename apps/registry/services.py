@@ -71,11 +71,13 @@ def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
     changed = [(r, m) for r, m in found
                if m.path.as_posix() not in known or known[m.path.as_posix()].fingerprint != m.fingerprint
                or known[m.path.as_posix()].missing]
-    errors = []
+    errors, registered = [], []
     for i, (root, model) in enumerate(changed, 1):
         if reporter.cancelled():
             break
         dm = _inspect_and_register(model, root, source=source or model.source)
+        if dm.asset_id and not dm.error:
+            registered.append(dm.pk)
         if dm.error:
             errors.append({"path": dm.path, "error": dm.error})
             reporter.log(f"{dm.path}: {dm.error}")
@@ -91,7 +93,8 @@ def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
         root.models_found = sum(1 for r, _ in found if r.pk == root.pk)
         root.save(update_fields=["last_scan_at", "models_found"])
     return {"roots": [r.path for r in roots], "found": len(found), "inspected": len(changed),
-            "unchanged": len(found) - len(changed), "errors": errors, "missing": missing}
+            "unchanged": len(found) - len(changed), "errors": errors, "missing": missing,
+            "registered": registered}
 
 
 def _entries(folder: Path) -> list[FileEntry]:

@@ -61,6 +61,31 @@ def _diffs_of(model):
 
 
 @login_required
+@require_POST
+def import_model(request, model_id: int):
+    model = _model_or_404(model_id)
+    spec = {"model_id": model.pk, "link": request.POST.get("link") == "1"}
+    job = job_submit(kind="model_import", spec=spec, owner=request.user)
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+def compare(request):
+    """The matrix for two or more models picked on the list."""
+    ids = [int(i) for i in request.GET.getlist("ids") if i.isdigit()]
+    models = [m for m in (selectors.model_get(model_id=i) for i in ids) if m is not None]
+    ctx = {"models": models}
+    if len(models) < 2:
+        ctx["error"] = "Pick two or more models to compare."
+    else:
+        try:
+            ctx["pairs"] = selectors.compatibility(models=models)["pairs"]
+        except (OSError, ValueError) as exc:
+            ctx["error"] = str(exc)
+    return render(request, "registry/compare.html", ctx)
+
+
+@login_required
 def compat(request, model_id: int):
     model = _model_or_404(model_id)
     other = selectors.model_get(model_id=int(request.GET.get("other") or 0))

@@ -40,8 +40,10 @@ def test_scan_compare_diff_commands(tmp_path, fresh_library):
     base = llama_like(tmp_path / "zoo" / "base")
     llama_like(tmp_path / "zoo" / "tuned", base=base, scale=0.01, seed=1)
     llama_like(tmp_path / "zoo" / "wide", hidden=32, seed=2)
-    scanned = json.loads(run("scan_models", str(tmp_path / "zoo"), "--json"))
-    assert scanned["found"] == 3 and not scanned["errors"]
+    scanned = json.loads(run("scan_models", str(tmp_path / "zoo"), "--json", "--import"))
+    assert scanned["found"] == 3 and not scanned["errors"] and len(scanned["registered"]) == 3
+    from apps.assets.selectors import asset_version_get
+    assert not asset_version_get(ref="wide").location  # imported into the store
     text = run("compare_models", "base", "wide")
     assert "weight_merge    no" in text and "[64, 16] vs [64, 32]" in text
     matrix = json.loads(run("compare_models", "base", "tuned", str(tmp_path / "zoo" / "wide"), "--json"))

@@ -117,3 +117,16 @@ def test_demo_models_are_real_and_registered(fresh_library):
     assert services.demo_models_offer() is None
     again = services.demo_models_register()  # nothing new the second time
     assert all(r["inspected"] == 0 for r in again.values()), (result, again)
+
+
+def test_compare_many_and_import_from_the_page(client, user, zoo, fresh_library):
+    client.force_login(user)
+    services.scan_models(paths=[zoo])
+    ids = [DiscoveredModel.objects.get(name=n).pk for n in ("base", "tuned", "wide")]
+    page = client.get(reverse("registry:compare"), {"ids": ids}).content.decode()
+    assert page.count("<h2>") == 3 and "base \u00d7 wide" in page
+    assert "Pick two or more" in client.get(reverse("registry:compare"), {"ids": ids[:1]}).content.decode()
+    resp = client.post(reverse("registry:import_model", args=[ids[0]]), {"link": "1"})
+    assert resp.status_code == 302
+    version = asset_selectors.asset_version_get(ref="base")
+    assert version.number == 2 and not version.location
