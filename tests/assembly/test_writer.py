@@ -1,0 +1,71 @@
+"""The streamed, sharded safetensors writer: files that safetensors and transformers read."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from apps.assembly.engine.writer import OutTensor, ShardedWriter, WriterError, plan_shards
+from apps.registry.engine.header import read_header
+
+
+def _tensors():
+    rng = np.random.default_rng(0)
+    return {f"layer.{i}.weight": rng.standard_normal((8, 4 + i)).astype(np.float32) for i in range(5)}
+
+
+def _out(arrays):
+    return [OutTensor(n, "F32", a.shape) for n, a in arrays.items()]
+
+
+def test_single_file_round_trip(tmp_path):
+    arrays = _tensors()
+    w = ShardedWriter(tmp_path / "m", _out(arrays))
+    for name, a in arrays.items():
+        w.write(name, a.tobytes())
+    assert w.close() == ["model.safetensors"]
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="numpy") as f:
+        assert f.metadata() == {"format": "pt"}
+        for name, a in arrays.items():
+            np.testing.assert_array_equal(f.get_tensor(name), a)
+    tensors, _ = read_header(tmp_path / "m" / "model.safetensors")  # our own strict reader agrees
+    assert set(tensors) == set(arrays)
+
+
+def test_sharded_output_has_an_index_and_loads(tmp_path):
+    arrays = _tensors()
+    limit = arrays["layer.0.weight"].nbytes * 2  # two small tensors per shard at most
+    w = ShardedWriter(tmp_path / "m", _out(arrays), max_shard_bytes=limit)
+    for name, a in arrays.items():
+        w.write(name, a)
+    files = w.close()
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert len(shards) >= 3 and shards[0].endswith(f"-of-{len(shards):05d}.safetensors")
+    index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(arrays)
+    assert index["metadata"]["total_size"] == sum(a.nbytes for a in arrays.values())
+    for name, a in arrays.items():
+        with safe_open(str(tmp_path / "m" / index["weight_map"][name]), framework="numpy") as f:
+            np.testing.assert_array_equal(f.get_tensor(name), a)
+
+
+def test_order_size_and_completeness_are_checked(tmp_path):
+    arrays = _tensors()
+    w = ShardedWriter(tmp_path / "m", _out(arrays))
+    with pytest.raises(WriterError, match=r"expected tensor 'layer\.0\.weight' next, got 'layer\.1\.weight'"):
+        w.write("layer.1.weight", arrays["layer.1.weight"])
+    with pytest.raises(WriterError, match="the plan says"):
+        w.write("layer.0.weight", arrays["layer.0.weight"][:4])
+    w.write("layer.0.weight", arrays["layer.0.weight"])
+    with pytest.raises(WriterError, match=r"4 tensors never written, first 'layer\.1\.weight'"):
+        w.close()
+    w.abort()
+    with pytest.raises(WriterError, match="written twice"):
+        ShardedWriter(tmp_path / "d", [OutTensor("a", "F32", (1,)), OutTensor("a", "F32", (1,))])
+
+
+def test_a_tensor_larger_than_the_limit_gets_its_own_shard():
+    shards = plan_shards([OutTensor("small", "BF16", (2,)), OutTensor("big", "F32", (100,)),
+                          OutTensor("tail", "F32", (1,))], max_shard_bytes=64)
+    assert [[t.name for t in s.tensors] for s in shards] == [["small"], ["big"], ["tail"]]
