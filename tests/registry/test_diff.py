@@ -10,6 +10,7 @@ from apps.monitoring.engine.reporter import JobCancelled
 from apps.registry.engine import diff as diff_engine
 from apps.registry.engine.diff import DiffResult, diff_models, heatmap_png
 from apps.registry.engine.model import read_model
+from apps.registry.engine.tensor_io import ShardFiles, read_chunk
 
 from .tiny_models import llama_config, llama_tensors, write_llama, write_model
 
@@ -89,9 +90,9 @@ def test_bf16_matches_torch(tmp_path, monkeypatch):
     save_torch({"w": y, "z": torch.zeros(3, dtype=torch.bfloat16)}, str(tmp_path / "b" / "model.safetensors"))
     a, b = read_model(tmp_path / "a"), read_model(tmp_path / "b")
     monkeypatch.setattr(diff_engine, "CHUNK_ELEMENTS", 4)  # chunks that cut across rows
-    shards = diff_engine._Shards(a.root)
+    shards = ShardFiles(a.root)
     try:
-        got = diff_engine.read_chunk(shards, a.tensors["w"], 0, 35)
+        got = read_chunk(shards, a.tensors["w"], 0, 35)
         np.testing.assert_array_equal(got, x.double().flatten().numpy())
     finally:
         shards.close()

@@ -7,24 +7,20 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from .tensor_io import NUMPY_DTYPES, ShardFiles, read_chunk
 from .types import Component, ModelFiles, TensorInfo
 
 # Elements per chunk: a few float64 arrays of this size are the diff's working memory.
 CHUNK_ELEMENTS = 2_000_000
 
 # Little-endian numpy dtype each safetensors dtype is read as (BF16 is widened by hand).
-_NUMPY_DTYPES: dict[str, str] = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "u1",
-}
 
 
 @dataclass
@@ -44,41 +40,7 @@ class DiffResult:
         }
 
 
-class _Shards:
-    """Open shard files, each with the offset of its data section (8 + header length)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.files: dict[str, tuple[BinaryIO, int]] = {}
-
-    def get(self, shard: str) -> tuple[BinaryIO, int]:
-        if shard not in self.files:
-            f = open(self.root / shard, "rb")  # noqa: SIM115 - closed in close()
-            (n,) = struct.unpack("<Q", f.read(8))
-            self.files[shard] = (f, 8 + n)
-        return self.files[shard]
-
-    def close(self) -> None:
-        for f, _ in self.files.values():
-            f.close()
-        self.files.clear()
-
-
-def read_chunk(shards: _Shards, info: TensorInfo, first: int, count: int) -> np.ndarray:
-    """Elements [first, first + count) of a tensor as float64, read straight from the file."""
-    f, data = shards.get(info.file)
-    np_dtype = np.dtype(_NUMPY_DTYPES[info.dtype])
-    f.seek(data + info.start + first * np_dtype.itemsize)
-    raw = np.fromfile(f, dtype=np_dtype, count=count)
-    if raw.size != count:
-        raise ValueError(f"{info.file}: {info.name} is truncated")
-    if info.dtype == "BF16":
-        # bfloat16 is the top half of a float32: shift it back into place.
-        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    return raw.astype(np.float64)
-
-
-def _distance(ta: TensorInfo, tb: TensorInfo, sa: _Shards, sb: _Shards) -> tuple[float, float]:
+def _distance(ta: TensorInfo, tb: TensorInfo, sa: ShardFiles, sb: ShardFiles) -> tuple[float, float]:
     """(relative L2, cosine) of one tensor pair, summed chunk by chunk in float64."""
     aa = bb = ab = dd = 0.0
     n = ta.numel
@@ -148,13 +110,13 @@ def diff_models(
             result.skipped.append({"name": name, "reason": f"only in {'B' if ta is None else 'A'}"})
         elif ta.shape != tb.shape:
             result.skipped.append({"name": name, "reason": f"shape {list(ta.shape)} vs {list(tb.shape)}"})
-        elif ta.dtype not in _NUMPY_DTYPES or tb.dtype not in _NUMPY_DTYPES:
+        elif ta.dtype not in NUMPY_DTYPES or tb.dtype not in NUMPY_DTYPES:
             result.skipped.append({"name": name, "reason": f"dtype {ta.dtype}/{tb.dtype} not supported"})
         else:
             common.append((ta, tb))
 
     sums: dict[tuple[int | None, str], list[float]] = {}  # (layer, kind) -> [Σ numel·rel, Σ numel]
-    sa, sb = _Shards(a.root), _Shards(b.root)
+    sa, sb = ShardFiles(a.root), ShardFiles(b.root)
     try:
         for i, (ta, tb) in enumerate(common):
             if reporter is not None and reporter.cancelled():
