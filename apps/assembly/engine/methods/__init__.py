@@ -1,0 +1,18 @@
+"""Merge methods of the assembly engine: mergekit 0.1.5's per-tensor definitions, plus graft.
+
+Importing this package stays light (no torch): method modules load on `get_method(name)`.
+"""
+
+from .registry import METHOD_NAMES, UnknownMethodError, get_method
+from .spec import MergeMethod, MethodInputError, MethodParamError, derive_seed, tensor_generator
+
+__all__ = [
+    "METHOD_NAMES",
+    "MergeMethod",
+    "MethodInputError",
+    "MethodParamError",
+    "UnknownMethodError",
+    "derive_seed",
+    "get_method",
+    "tensor_generator",
+]
