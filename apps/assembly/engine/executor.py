@@ -1,0 +1,212 @@
+"""Running a plan: every output tensor computed from its sources, one at a time, and written
+as sharded safetensors into a temporary folder that becomes the model folder only when
+everything — weights, config, tokenizer, model card — is there.
+
+Memory holds one output tensor's inputs and result (and a LoRA pair when an adapter is
+applied), whatever the model's size. CUDA is used when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
+from apps.registry.engine.model import read_model
+from apps.registry.engine.tensor_io import ShardFiles
+from apps.registry.engine.types import ModelFiles, TensorInfo
+
+from .methods.registry import get_method
+from .plan import OutputTensor, Plan
+from .recipe import DTYPES
+from .writer import DEFAULT_SHARD_BYTES, OutTensor, ShardedWriter
+
+TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                "BOOL": "bool"}
+_LORA = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
+SIDE_FILES = ("generation_config.json",)
+
+
+class ExecutionError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunResult:
+    dest: Path
+    files: list[str]
+    tensors: int
+    bytes: int
+    seconds: float
+    device: str
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[name])
+
+
+class _Adapter:
+    """A PEFT LoRA folded into a model's weights as they are read: W + (alpha/r)·B·A."""
+
+    def __init__(self, path: Path):
+        self.files = read_model(path)
+        self.shards = ShardFiles(self.files.root)
+        cfg = self.files.adapter_config or {}
+        self.alpha, self.r = cfg.get("lora_alpha", 8), cfg.get("r", 8)
+        self.alpha_pattern, self.rank_pattern = cfg.get("alpha_pattern") or {}, cfg.get("rank_pattern") or {}
+        self.pairs: dict[str, dict[str, TensorInfo]] = {}
+        for name, info in self.files.tensors.items():
+            m = _LORA.match(name)
+            if m:
+                self.pairs.setdefault(m["module"], {})[m["part"]] = info
+
+    def _scale(self, module: str) -> float:
+        def pick(pattern: dict, default):
+            return next((v for k, v in pattern.items() if module == k or module.endswith("." + k)), default)
+
+        return pick(self.alpha_pattern, self.alpha) / pick(self.rank_pattern, self.r)
+
+    def apply(self, tensor_name: str, weight):
+        module = tensor_name.removesuffix(".weight")
+        pair = self.pairs.get(module)
+        if pair is None or "lora_A" not in pair or "lora_B" not in pair:
+            return weight
+        a = _load(self.shards, pair["lora_A"]).float()
+        b = _load(self.shards, pair["lora_B"]).float()
+        return (weight.float() + self._scale(module) * (b @ a)).to(weight.dtype)
+
+
+def _load(shards: ShardFiles, info: TensorInfo):
+    import torch
+
+    raw = bytearray(shards.read_raw(info))  # writable, so torch does not warn
+    dtype = _torch_dtype(info.dtype)
+    if not raw:
+        return torch.empty(info.shape, dtype=dtype)
+    return torch.frombuffer(raw, dtype=dtype).reshape(info.shape)
+
+
+class _Inputs:
+    def __init__(self, plan: Plan):
+        self.models: dict[str, tuple[ModelFiles, ShardFiles, _Adapter | None]] = {}
+        for m in plan.models:
+            files = read_model(m.path)
+            adapter = _Adapter(Path(m.adapter["path"])) if m.adapter else None
+            self.models[m.ref] = (files, ShardFiles(files.root), adapter)
+
+    def tensor(self, model: str, name: str):
+        files, shards, adapter = self.models[model]
+        info = files.tensors.get(name)
+        if info is None:
+            raise ExecutionError(f"model {model!r} has no tensor {name!r} (changed since the plan?)")
+        weight = _load(shards, info)
+        return adapter.apply(name, weight) if adapter else weight
+
+    def close(self):
+        for _, shards, adapter in self.models.values():
+            shards.close()
+            if adapter:
+                adapter.shards.close()
+
+
+def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, compute_dtype):
+
+    from .methods.spec import tensor_generator
+
+    method = get_method(out.method)
+    base_src = [s for s in out.sources if s.role == "base"]
+    model_src = [s for s in out.sources if s.role != "base"]
+
+    def fetch(src):
+        t = inputs.tensor(src.model, src.tensor).to(device)
+        return t.to(compute_dtype) if compute_dtype is not None and t.is_floating_point() else t
+
+    tensors = [fetch(s) for s in model_src]
+    base = fetch(base_src[0]) if base_src else None
+    generator = None
+    if not method.deterministic:
+        generator = tensor_generator(plan.recipe.random_seed or 0, out.name, device=device)
+    merged = method.merge(tensors, base, [s.params for s in model_src], out.params, generator=generator)
+    if tuple(merged.shape) != tuple(out.shape):
+        raise ExecutionError(f"{out.name}: {out.method} gave shape {list(merged.shape)}, the plan says "
+                             f"{list(out.shape)}")
+    return merged.to(_torch_dtype(out.dtype)).contiguous().cpu()
+
+
+def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_lines: list[str] = (),
+            reporter: Reporter | None = None, device: str | None = None,
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunResult:
+    """Compute and write the model into the new folder `dest`."""
+    import torch
+
+    reporter = reporter or NullReporter()
+    if plan.tokenizer.get("rebuilt"):
+        raise ExecutionError(f"tokenizer_source {plan.tokenizer.get('source')!r} needs the embeddings "
+                             "re-mapped to a new vocabulary, which this version does not do yet; use a "
+                             "recipe whose models share one tokenizer")
+    dest = Path(dest)
+    if dest.exists():
+        raise ExecutionError(f"{dest} already exists")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    compute = _torch_dtype(DTYPES[plan.recipe.dtype]) if plan.recipe.dtype else None
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    started = time.monotonic()
+    inputs = _Inputs(plan)
+    writer = ShardedWriter(tmp, [OutTensor(o.name, o.dtype, o.shape) for o in plan.outputs],
+                           max_shard_bytes=max_shard_bytes, metadata={"audobon": "assembled"})
+    total = sum(OutTensor(o.name, o.dtype, o.shape).nbytes for o in plan.outputs)
+    try:
+        with torch.no_grad():
+            for i, out in enumerate(plan.outputs, 1):
+                if reporter.cancelled():
+                    raise JobCancelled
+                merged = _merge_one(out, inputs, plan, device, compute)
+                writer.write(out.name, merged.view(torch.uint8).numpy() if merged.numel() else b"")
+                elapsed = max(time.monotonic() - started, 1e-6)
+                reporter.step(i, len(plan.outputs), mb_s=writer.bytes_written / elapsed / 1e6)
+        files = writer.close()
+        _write_side_files(plan, tmp, recipe_text, card_lines)
+        os.rename(tmp, dest)
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        inputs.close()
+    return RunResult(dest, files, len(plan.outputs), total, time.monotonic() - started, device)
+
+
+def _write_side_files(plan: Plan, folder: Path, recipe_text: str | None, card_lines) -> None:
+    (folder / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True))
+    by_ref = {m.ref: m for m in plan.models}
+    origin = by_ref.get(plan.tokenizer.get("from"))
+    if origin is not None:
+        for name in [*(plan.tokenizer.get("files") or []), *SIDE_FILES]:
+            src = Path(origin.path) / name
+            if src.is_file():
+                shutil.copyfile(src, folder / name)
+        template = plan.tokenizer.get("chat_template")
+        tok_cfg = folder / "tokenizer_config.json"
+        if template and tok_cfg.is_file():
+            data = json.loads(tok_cfg.read_text())
+            data["chat_template"] = template
+            tok_cfg.write_text(json.dumps(data, indent=2))
+    text = recipe_text or plan.recipe.to_yaml()
+    (folder / "audobon-recipe.yaml").write_text(text)
+    models = "\n".join(f"- `{m.ref}` ({', '.join(m.roles)})" for m in plan.models)
+    card = [
+        "---", "library_name: transformers", "tags:", "- audobon", "- merge", f"- {plan.method}", "---", "",
+        f"# {folder.name.split('.tmp-')[0].lstrip('.')}", "",
+        f"Assembled by Audobon with the `{plan.method}` method from:", "", models, "",
+        *card_lines, "", "## Recipe", "", "```yaml", text.rstrip(), "```", "",
+    ]
+    (folder / "README.md").write_text("\n".join(card))
