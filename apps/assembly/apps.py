@@ -5,3 +5,6 @@ class AssemblyConfig(AppConfig):
     name = "apps.assembly"
     label = "assembly"
     verbose_name = "Assembly"
+
+    def ready(self):
+        from apps.assembly import tasks  # noqa: F401 - registers the assembly job kinds

@@ -1,11 +1,10 @@
 from django.urls import path
 
-from apps.monitoring.views import area_jobs
+from apps.assembly import views
 
 app_name = "assembly"
 urlpatterns = [
-    path("", area_jobs, {
-        "area": "assembly", "title": "Assembly",
-        "about": "Recipes that build new models from components: merges, splices, grafts, adapters.",
-    }, name="index"),
+    path("", views.editor, name="index"),
+    path("plan/", views.plan, name="plan"),
+    path("run/", views.run, name="run"),
 ]

@@ -70,6 +70,17 @@ def test_package_import_does_not_import_torch_or_any_method() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_every_method_loads_and_validates_without_torch() -> None:
+    """The planner (web process) takes parameter tables and checks from the methods themselves:
+    `get_method` and `resolve` must not import torch, only `merge` does."""
+    code = ("import sys; from apps.assembly.engine.methods import METHOD_NAMES, get_method; "
+            "methods = [get_method(n) for n in METHOD_NAMES]; "
+            "get_method('ties').resolve({}, [{'weight': 1.0, 'density': 0.5}]); "
+            "get_method('linear').resolve({}, [{'weight': 1.0}]); "
+            "print(len(methods), sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "14 []"
+
 def test_unknown_method_names_the_known_ones() -> None:
     with pytest.raises(UnknownMethodError, match=r"unknown merge method 'tie'; known methods: linear, slerp"):
         get_method("tie")

@@ -45,17 +45,10 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from apps.assembly.engine.methods.registry import METHOD_NAMES
-from apps.assembly.engine.methods.spec import (
-    NON_NEGATIVE,
-    UNIT_CLOSED,
-    UNIT_OPEN_CLOSED,
-    MethodParamError,
-    MethodSpec,
-    Param,
-)
+from apps.assembly.engine.methods.registry import METHOD_NAMES, get_method
+from apps.assembly.engine.methods.spec import MethodParamError, MethodSpec, Param
 from apps.registry.engine.components import LM_ARCHITECTURES, catalogue, facts, signature, stacks, walk
 from apps.registry.engine.header import HeaderError
 from apps.registry.engine.model import read_model
@@ -313,95 +306,6 @@ class Plan:
         }
 
 
-# ------------------------------------------------------------------------ the method table
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Linear(MethodSpec):
-    def check(self, global_params: dict[str, Any], per_model: list[dict[str, Any]]) -> None:
-        if global_params["normalize"] and sum(v["weight"] for v in per_model) == 0:
-            raise MethodParamError(f"{self.name}: the weights sum to 0, which normalize cannot divide by")
-
-
-@dataclass(frozen=True, kw_only=True)
-class _TaskArithmetic(MethodSpec):
-    della: bool = False
-
-    def check(self, global_params: dict[str, Any], per_model: list[dict[str, Any]]) -> None:
-        if not self.della:
-            return
-        for index, values in enumerate(per_model):
-            density, epsilon = values["density"], values["epsilon"]
-            if density < 1 and (density - epsilon <= 0 or density + epsilon >= 1):
-                raise MethodParamError(
-                    f"{self.name}: density ± epsilon must stay inside (0, 1), got density={density:g}, "
-                    f"epsilon={epsilon:g} for model index {index}")
-
-
-def _gta(name: str, pruning: str | None, *, normalize: bool, rescale: bool,
-         deterministic: bool) -> MethodSpec:
-    params = [
-        Param("int8_mask", "bool", per_model=False, default=False),
-        Param("normalize", "bool", per_model=False, default=normalize),
-        Param("rescale", "bool", per_model=False, default=rescale),
-        Param("lambda", "float", per_model=False, default=1.0),
-        Param("weight", "float", per_model=True),
-        Param("density", "float", per_model=True, default=1.0, interval=UNIT_OPEN_CLOSED),
-    ]
-    if pruning == "magnitude_outliers":
-        params.append(Param("gamma", "float", per_model=True, default=0.01, interval=UNIT_CLOSED))
-    if pruning == "della_magprune":
-        params.append(Param("epsilon", "float", per_model=True, default=0.15, interval=NON_NEGATIVE))
-    return _TaskArithmetic(name=name, params=tuple(params), base_policy="required",
-                           deterministic=deterministic, della=pruning == "della_magprune")
-
-
-# A torch-free copy of the method registry's parameter tables (the method modules import torch
-# at import time, and a plan is made in the web process). tests/assembly/test_plan.py checks it
-# against apps.assembly.engine.methods; `make_plan(methods=get_method)` uses the real ones.
-LIGHT_METHODS: dict[str, MethodSpec] = {m.name: m for m in (
-    _Linear(name="linear", params=(Param("weight", "float", per_model=True),
-                                   Param("normalize", "bool", per_model=False, default=True)),
-            base_policy="ignored", min_models=1),
-    MethodSpec(name="slerp", params=(Param("t", "float", per_model=False),), base_policy="required",
-               min_models=1, max_models=1),
-    MethodSpec(name="nuslerp", params=(Param("weight", "float", per_model=True),
-                                       Param("nuslerp_row_wise", "bool", per_model=False, default=False),
-                                       Param("nuslerp_flatten", "bool", per_model=False, default=True)),
-               base_policy="optional", min_models=2, max_models=2),
-    _gta("task_arithmetic", None, normalize=False, rescale=False, deterministic=True),
-    _gta("ties", "magnitude", normalize=True, rescale=False, deterministic=True),
-    _gta("dare_linear", "random", normalize=False, rescale=True, deterministic=False),
-    _gta("dare_ties", "random", normalize=False, rescale=True, deterministic=False),
-    _gta("breadcrumbs", "magnitude_outliers", normalize=False, rescale=False, deterministic=True),
-    _gta("breadcrumbs_ties", "magnitude_outliers", normalize=False, rescale=False, deterministic=True),
-    _gta("della", "della_magprune", normalize=True, rescale=True, deterministic=False),
-    _gta("della_linear", "della_magprune", normalize=False, rescale=True, deterministic=False),
-    MethodSpec(name="model_stock", params=(Param("filter_wise", "bool", per_model=False, default=False),),
-               base_policy="required", min_models=2),
-    MethodSpec(name="passthrough", params=(Param("scale", "float", per_model=True, default=None,
-                                                 nullable=True),),
-               base_policy="ignored", min_models=1, max_models=1, floating_only=False),
-    MethodSpec(name="graft", base_policy="optional", min_models=1, max_models=1, floating_only=False,
-               promote_dtypes=False),
-)}
-
-
-def light_method(name: str) -> Any:
-    """The method's parameter table without importing torch where possible."""
-    if name in LIGHT_METHODS:
-        return LIGHT_METHODS[name]
-    if name in METHOD_NAMES:  # a method the table above does not mirror yet: the real one
-        from apps.assembly.engine.methods.registry import get_method
-
-        return get_method(name)
-    raise KeyError(name)
-
-
-def _params_of(method: Any) -> list[Param]:
-    return list(getattr(method, "params", ()))
-
-
 # ------------------------------------------------------------------------------ the models
 
 
@@ -527,18 +431,18 @@ class _Slice:
         return self.sources[0].end - self.sources[0].start
 
 
-def make_plan(recipe: Recipe, resolve: Resolver, *, methods: Callable[[str], Any] | None = None) -> Plan:
+def make_plan(recipe: Recipe, resolve: Resolver) -> Plan:
     """Plan `recipe`. `resolve` maps a model reference (`org/name@rev`, `asset:NAME@VERSION`, a
     path; for `model+lora`, each part on its own) to a model folder, raising LookupError for
-    an unknown one. `methods` looks a merge method up (default: the torch-free table)."""
-    return _Planner(recipe, resolve, methods or light_method).plan()
+    an unknown one. The merge method's parameter table and checks are the method registry's own
+    (`get_method` imports no torch)."""
+    return _Planner(recipe, resolve).plan()
 
 
 class _Planner:
-    def __init__(self, recipe: Recipe, resolve: Resolver, methods: Callable[[str], Any]):
+    def __init__(self, recipe: Recipe, resolve: Resolver):
         self.recipe = recipe
         self.resolve = resolve
-        self.lookup = methods
         self.models: dict[str, _Model] = {}
         self.outputs: list[OutputTensor] = []
         self.drops: dict[tuple[str, str], str] = {}
@@ -555,10 +459,9 @@ class _Planner:
                 f"'modules' ({', '.join(recipe.modules)}) is not supported by the planner yet; "
                 "write the recipe with 'models' or 'slices'")
         self.method = self._method(recipe.merge_method)
-        self.params = {p.name: p for p in _params_of(self.method)}
+        self.params = {p.name: p for p in self.method.params}
         self._check_parameters()
-        fallback = "required" if self.method.needs_base else "optional"
-        self.base_policy = getattr(self.method, "base_policy", fallback)
+        self.base_policy = self.method.base_policy
         self._check_base_given()
         for ref in recipe.referenced_models():
             self._load(ref)
@@ -598,12 +501,12 @@ class _Planner:
             estimate=estimate, warnings=self.warnings,
         )
 
-    def _method(self, name: str) -> Any:
+    def _method(self, name: str) -> MethodSpec:
         try:
-            return self.lookup(name)
-        except (KeyError, LookupError, MethodParamError):
+            return cast(MethodSpec, get_method(name))  # every registered method is a MethodSpec
+        except MethodParamError:
             pass
-        known = sorted(set(METHOD_NAMES) | set(LIGHT_METHODS))
+        known = sorted(METHOD_NAMES)
         if name in MERGEKIT_ONLY:
             raise UnknownMethodError(f"merge method {name!r} is a mergekit method Audobon does not "
                                      f"implement; known methods: {', '.join(known)}") from None
@@ -816,7 +719,7 @@ class _Planner:
                                        "sources; a slice takes each model once")
             seen.add(source.key)
         count = sum(1 for s in sources if s.role == "model")
-        low, high = getattr(self.method, "min_models", 1), getattr(self.method, "max_models", None)
+        low, high = self.method.min_models, self.method.max_models
         besides = " besides the base" if self.base_policy != "ignored" else ""
         names = ", ".join(repr(s.key) for s in sources if s.role == "model") or "none"
         if count < low or (high is not None and count > high):
@@ -1114,16 +1017,11 @@ class _Planner:
 
     def _validate(self, out: OutputTensor, globals_: dict, per_model: list[dict]) -> tuple[dict, list[dict]]:
         try:
-            if hasattr(self.method, "resolve"):
-                return self.method.resolve(globals_, per_model)
-            self.method.validate(globals_, per_model)
+            return self.method.resolve(globals_, per_model)
         except MethodParamError as err:
             models = [s.model for s in out.sources if s.role != "base"]
             message = re.sub(r"model index (\d+)", lambda m: f"model {models[int(m[1])]!r}", str(err))
             raise ParameterValueError(f"tensor {out.name}: {message}") from None
-        defaults = {p.name: p.default for p in self.params.values() if not p.required}
-        return ({k: v for k, v in {**defaults, **globals_}.items() if not self.params[k].per_model},
-                [{k: v for k, v in {**defaults, **m}.items() if self.params[k].per_model} for m in per_model])
 
     def _dtypes(self) -> None:
         forced = self.recipe.out_dtype or self.recipe.dtype

@@ -9,12 +9,13 @@ rounded to it, so bfloat16 inputs merge in bfloat16.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from .sparsify import Pruning, prune
 from .spec import NON_NEGATIVE, UNIT_CLOSED, UNIT_OPEN_CLOSED, MethodParamError, MethodSpec, Param
+
+if TYPE_CHECKING:
+    import torch
 
 Consensus = Literal["sum", "count"]
 
@@ -80,6 +81,8 @@ class GeneralizedTaskArithmetic(MethodSpec):
         *,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
+        import torch
+
         assert base is not None
         deltas = base.new_empty((len(tensors), *base.shape))
         for index, (tensor, values) in enumerate(zip(tensors, per_model, strict=True)):

@@ -5,12 +5,13 @@ when normalize. Computes in float32 (float64 for float64 inputs), rounds once at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .registry import register
 from .spec import MethodParamError, MethodSpec, Param
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +30,8 @@ class Linear(MethodSpec):
         *,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
+        import torch
+
         dtype = tensors[0].dtype
         work = torch.float64 if dtype == torch.float64 else torch.float32
         # One row of weights, reduced along dim 1: the same float32 sum as mergekit's batch kernel.

@@ -6,18 +6,21 @@ whole tensor or per row (filter_wise). Computes in the inputs' dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .registry import register
 from .spec import MethodSpec, Param
+
+if TYPE_CHECKING:
+    import torch
 
 NORM_PRODUCT_FLOOR = 1e-6
 SINGULAR = 1e-6  # |1 + (N - 1)·cosθ| below this: no finite estimate, keep the base
 
 
 def model_stock(base: torch.Tensor, models: list[torch.Tensor], *, filter_wise: bool) -> torch.Tensor:
+    import torch
+
     shape = base.shape
     if filter_wise:
         if base.dim() == 1:

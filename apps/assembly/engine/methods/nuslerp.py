@@ -6,12 +6,13 @@ interpolates the two task vectors and adds the result to the base. Computes in t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .registry import register
 from .spec import MethodSpec, Param
+
+if TYPE_CHECKING:
+    import torch
 
 EPS = 1e-8  # vectors with 1 - cos² <= EPS² are colinear: linear interpolation
 NORM_FLOOR = 1e-7  # smallest norm divided by when normalising
@@ -21,6 +22,8 @@ ZERO_WEIGHT_SUM = 1e-6  # weights summing to about 0 give t = 0.5
 def nuslerp(
     t: float, v0: torch.Tensor, v1: torch.Tensor, *, dim: int = -1, flatten: bool = False
 ) -> torch.Tensor:
+    import torch
+
     shape = v0.shape
     if flatten:
         v0, v1 = v0.reshape(-1), v1.reshape(-1)

@@ -1,6 +1,7 @@
 """Merge methods by name. Each method module registers its instance when it is imported; this
-table says which module holds which method, so `get_method` imports only the one asked for and
-the web process, which only needs the names, never imports torch.
+table says which module holds which method, so `get_method` imports only the one asked for. No
+method module imports torch at import time (only inside the functions that compute), so the web
+process can look a method up, validate its parameters and plan with it without torch.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def register(method: M) -> M:
 
 
 def get_method(name: str) -> MergeMethod:
-    """The method called `name`, importing its module (and so torch) on first use."""
+    """The method called `name`, importing its module on first use (not torch:
+    only `merge` imports it)."""
     module = _MODULES.get(name)
     if module is None:
         raise UnknownMethodError(f"unknown merge method {name!r}; known methods: {', '.join(METHOD_NAMES)}")

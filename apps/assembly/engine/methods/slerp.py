@@ -7,12 +7,13 @@ the inputs' dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .registry import register
 from .spec import MethodSpec, Param
+
+if TYPE_CHECKING:
+    import torch
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8  # a norm at or below this counts as a zero vector (not normalised)
@@ -25,6 +26,8 @@ def _chunks(count: int) -> range:
 
 
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    import torch
+
     work = torch.float64 if v0.dtype == torch.float64 else torch.float32
     # Rows of one: the same reductions, in the same order, as mergekit's batched kernel.
     a = v0.reshape(1, -1)

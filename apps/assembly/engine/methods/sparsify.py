@@ -10,9 +10,10 @@ entries are kept.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Pruning = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
 
@@ -37,6 +38,8 @@ def _scores(delta: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_work_dtype(delta: torch.Tensor) -> torch.dtype:
+    import torch
+
     # torch.bernoulli lacks float16 on CPU; mergekit draws in float32 there (float64 too).
     if delta.device.type != "cpu" or delta.dtype == torch.bfloat16:
         return delta.dtype
@@ -45,6 +48,8 @@ def _mask_work_dtype(delta: torch.Tensor) -> torch.dtype:
 
 def by_magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     """Keep the `density` share of largest magnitudes, at least one entry."""
+    import torch
+
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
@@ -61,6 +66,8 @@ def by_magnitude_without_outliers(
 ) -> torch.Tensor:
     """Drop the `gamma` share of largest magnitudes, then the smallest, to keep `density`.
     When density + gamma > 1 fewer outliers go: the density wins."""
+    import torch
+
     if density >= 1:
         return delta
     count = delta.numel()
@@ -77,6 +84,8 @@ def at_random(
     delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None
 ) -> torch.Tensor:
     """DARE: keep each entry with probability `density`."""
+    import torch
+
     if density >= 1:
         return delta
     work = _mask_work_dtype(delta)
@@ -90,6 +99,8 @@ def della_magprune(
 ) -> torch.Tensor:
     """DELLA: keep each entry at random with a probability from density - epsilon (smallest
     magnitude of its row) to density + epsilon (largest), linear in its rank along dim 1."""
+    import torch
+
     if density >= 1:
         return delta
     if density <= 0:

@@ -1,6 +1,7 @@
 """What every merge method shares: its parameters, their validation, the tensor checks, and the
 seeded per-tensor random generator. No torch import here (only inside functions), so the registry
-and a recipe's parameter check stay cheap; the method modules import torch themselves.
+and a recipe's parameter check stay cheap; the method modules likewise import torch only inside
+the functions that compute (annotations name it under TYPE_CHECKING).
 
 Tensor convention, the same for every method:
     tensors    the models' tensors, in recipe order, base excluded

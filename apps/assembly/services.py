@@ -1,0 +1,240 @@
+"""Writes of assembly: plan and run recipes, extract LoRA adapters and components; every
+result goes into the library with its parents, the job and the recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+
+from apps.assembly.engine.plan import Plan, make_plan
+from apps.assembly.engine.recipe import parse_recipe
+from apps.assets import selectors as asset_selectors
+from apps.assets import services as asset_services
+from apps.assets.models import AssetVersion
+from apps.monitoring.engine.reporter import NullReporter
+from apps.monitoring.startup import on_startup
+from apps.registry import services as registry_services
+from apps.registry.models import DiscoveredModel
+
+
+class GateFailedError(RuntimeError):
+    """The result failed a validation gate: it is not registered."""
+
+
+def _work_root() -> Path:
+    """Where runs write before registering; a folder left by a process that is gone (killed
+    mid-run) is removed here, so a rerun starts clean."""
+    import psutil
+
+    root = settings.AUDOBON_HOME / "work" / "assemble"
+    root.mkdir(parents=True, exist_ok=True)
+    for path in root.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    return root
+
+
+def _work_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_work_root()))
+
+
+@on_startup("folders of interrupted assembly runs removed")
+def assembly_startup_clean() -> int:
+    """A run killed mid-way leaves only its work folder: nothing was registered."""
+    root = settings.AUDOBON_HOME / "work" / "assemble"
+    if not root.is_dir():
+        return 0
+    stale = list(root.iterdir())
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
+
+
+# --- resolving model references ---------------------------------------------------------------
+
+def resolve_reference(ref: str) -> tuple[Path, AssetVersion | None]:
+    """A recipe's model reference → its folder: a path, `asset:NAME@V`, a library name, or a
+    Hugging Face id found by a registry scan (`org/name`). LookupError names what is missing."""
+    text = ref.removeprefix("asset:")
+    if "/" in text and not Path(text).exists():
+        repo, _, rev = text.partition("@")
+        found = DiscoveredModel.objects.filter(name=repo, missing=False).exclude(asset=None).first()
+        if found is None:
+            raise LookupError(f"model {ref!r} is not in the registry (scan the folder or hub cache "
+                              "that holds it)")
+        text = found.asset.name + (f"@{rev}" if rev.isdigit() else "")
+    try:
+        return registry_services.resolve_model(text)
+    except registry_services.ModelRefError:
+        raise LookupError(f"model {ref!r} is not in the registry") from None
+
+
+def recipe_plan(text: str) -> Plan:
+    """Parse and plan; RecipeError and PlanError carry messages for the user."""
+    recipe = parse_recipe(text)
+    return make_plan(recipe, lambda ref: resolve_reference(ref)[0])
+
+
+def _input_versions(plan: Plan) -> list[AssetVersion]:
+    versions = []
+    for model in plan.models:
+        refs = [model.ref.split("+", 1)[0]] + ([model.adapter["ref"]] if model.adapter else [])
+        for ref in refs:
+            version = resolve_reference(ref)[1]
+            if version is None:
+                found = (DiscoveredModel.objects.filter(path=str(Path(ref).resolve()))
+                         .exclude(asset=None).first())
+                version = found and asset_selectors.asset_version_get(ref=found.asset.name)
+            if version and version not in versions:
+                versions.append(version)
+    return versions
+
+
+def validation_texts(ref: str, limit: int = 1000) -> list[str]:
+    """Texts from a dataset (a path or library asset): JSONL rows' string fields, or lines of
+    a text file."""
+    folder, _ = registry_services.resolve_model(ref)
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file()
+                                                      and p.suffix in (".jsonl", ".txt", ".md"))
+    texts: list[str] = []
+    for path in files:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if len(texts) >= limit:
+                    return texts
+                line = line.strip()
+                if not line:
+                    continue
+                if path.suffix == ".jsonl":
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(row, dict):
+                        line = "\n".join(str(v) for v in row.values() if isinstance(v, str))
+                texts.append(line)
+    if not texts:
+        raise LookupError(f"validation dataset {ref!r} holds no text (JSONL, .txt or .md)")
+    return texts
+
+
+def cache_key(plan: Plan, text: str) -> str:
+    """The same recipe over the same inputs: the recipe as parsed, and each input's identity
+    (library version id, or path with its files' fingerprint)."""
+    from apps.registry.engine.discovery import fingerprint
+
+    inputs = []
+    for model in plan.models:
+        inputs.append([model.ref, str(model.path), fingerprint(Path(model.path))])
+        if model.adapter:
+            adapter = model.adapter
+            inputs.append([adapter["ref"], adapter["path"], fingerprint(Path(adapter["path"]))])
+    payload = json.dumps({"recipe": plan.recipe.model_dump(mode="json"), "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
+             out: Path | None = None) -> tuple[AssetVersion, bool]:
+    """Plan, run, validate and register. Returns (version, reused): the same recipe over
+    the same inputs returns the version made before, at once."""
+    from apps.assembly.engine.executor import execute
+    from apps.assembly.engine.validation import validate
+
+    reporter = reporter or NullReporter()
+    name = asset_services.asset_name_check(name)
+    plan = recipe_plan(text)
+    key = cache_key(plan, text)
+    done = AssetVersion.objects.filter(spec__cache_key=key).select_related("asset").first()
+    if done is not None:
+        reporter.log(f"this recipe over these inputs was assembled before: {done}")
+        return done, True
+    parents = _input_versions(plan)
+    work = _work_dir()
+    try:
+        folder = work / "model"
+        reporter.log(f"{plan.method}: {len(plan.outputs)} tensors from {len(plan.models)} models")
+        result = execute(plan, folder, recipe_text=text, reporter=reporter,
+                         card_lines=["## Lineage", "", *[f"- {v}" for v in parents]])
+        reporter.log(f"wrote {result.bytes / 1e6:.1f} MB in {result.seconds:.1f}s on {result.device}")
+        report = None
+        spec = plan.recipe.validation
+        if spec is not None:
+            reporter.log("validating against the parents")
+            parent_dirs = {m.ref: Path(m.path) for m in plan.models if set(m.roles) & {"source", "base"}}
+            report = validate(folder, parent_dirs, max_samples=spec.max_samples or 32,
+                              texts=validation_texts(spec.dataset) if spec.dataset else None,
+                              prompts=list(spec.samples or []),
+                              gates=[g.model_dump(exclude_none=True) for g in spec.gates])
+            if not report.ok:
+                failed = [g for g in report.gates if not g["ok"]]
+                raise GateFailedError("validation gate failed, nothing registered: " + "; ".join(
+                    f"{g['metric']} = {g['value']!r} (limit {g.get('max', g.get('min'))})" for g in failed))
+        if out is not None:
+            shutil.copytree(folder, out)
+        version = asset_services.asset_import(
+            source=folder, kind="model", name=name, link=True, parents=parents, job=job, owner=owner,
+            message=f"assembled with {plan.method}",
+            description=f"Assembled by a {plan.method} recipe from {', '.join(m.ref for m in plan.models)}.",
+        )
+        version.spec = {"recipe": text, "cache_key": key, "method": plan.method,
+                        "models": [m.ref for m in plan.models]}
+        version.metadata = {**version.metadata, "validation": report.to_json() if report else None,
+                            "assembly": {"method": plan.method, "tensors": result.tensors,
+                                         "seconds": round(result.seconds, 2), "device": result.device}}
+        version.save(update_fields=["spec", "metadata"])
+        version.asset.metadata = version.metadata
+        asset_services.asset_update(asset=version.asset)  # saves and re-indexes for search
+        return version, False
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def lora_extract(*, base: str, tuned: str, rank: int | None, energy: float | None, name: str | None,
+                 out: Path | None = None, owner=None, job=None, reporter=None) -> AssetVersion:
+    from apps.assembly.engine.lora_extract import extract_lora
+
+    base_dir, base_v = registry_services.resolve_model(base)
+    tuned_dir, tuned_v = registry_services.resolve_model(tuned)
+    work = _work_dir()
+    try:
+        folder = work / "adapter"
+        extract_lora(base_dir, tuned_dir, folder, rank=rank, energy=energy, reporter=reporter)
+        if out is not None:
+            shutil.copytree(folder, out)
+        label = f"rank {rank}" if rank else f"energy {energy}"
+        return asset_services.asset_import(
+            source=folder, kind="adapter", link=True, owner=owner, job=job,
+            name=name or f"lora {Path(tuned).name} from {Path(base).name}".replace("@", " v"),
+            parents=[v for v in (base_v, tuned_v) if v], message=f"LoRA extracted ({label})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def components_extract(*, model: str, select: list[str], name: str | None, out: Path | None = None,
+                       owner=None, job=None, reporter=None) -> AssetVersion:
+    from apps.assembly.engine.component_extract import extract_components
+
+    model_dir, version = registry_services.resolve_model(model)
+    work = _work_dir()
+    try:
+        folder = work / "component"
+        record = extract_components(model_dir, select, folder, reporter=reporter)
+        if out is not None:
+            shutil.copytree(folder, out)
+        ids = ", ".join(c["id"] for c in record["components"])
+        asset = asset_services.asset_import(
+            source=folder, kind="component", link=True, owner=owner, job=job,
+            name=name or f"{Path(model).name} {' '.join(select)}".replace("@", " v")[:200],
+            parents=[version] if version else [], message=f"components {ids}")
+        asset.metadata = {**asset.metadata, "components": record["components"], "origin": record["origin"]}
+        asset.save(update_fields=["metadata"])
+        return asset
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

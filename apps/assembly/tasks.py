@@ -1,0 +1,63 @@
+"""Job kinds of assembly: assemble a recipe, extract a LoRA, extract components."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from apps.assembly import services
+from apps.monitoring.jobkinds import job_kind
+
+
+class AssembleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recipe: str = Field(min_length=1, description="the recipe's YAML text")
+    name: str = Field(min_length=1, description="the asset the result becomes a version of")
+
+    @model_validator(mode="after")
+    def _plannable(self):
+        # Refused at submit time, with the planner's message, so nothing is queued.
+        services.recipe_plan(self.recipe)
+        return self
+
+
+@job_kind(name="assemble", spec=AssembleSpec, area="assembly", label="Assemble a model", queue="heavy")
+def assemble(spec: AssembleSpec, reporter, job) -> dict:
+    version, reused = services.assemble(text=spec.recipe, name=spec.name, owner=job.owner, job=job,
+                                        reporter=reporter)
+    return {"asset": version.asset.name, "version": version.number, "reused": reused}
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str
+    tuned: str
+    rank: int | None = Field(default=None, ge=1)
+    energy: float | None = Field(default=None, gt=0, le=1)
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.rank is None) == (self.energy is None):
+            raise ValueError("give exactly one of rank or energy")
+        return self
+
+
+@job_kind(name="extract_lora", spec=LoraSpec, area="assembly", label="Extract a LoRA", queue="heavy")
+def extract_lora(spec: LoraSpec, reporter, job) -> dict:
+    version = services.lora_extract(base=spec.base, tuned=spec.tuned, rank=spec.rank, energy=spec.energy,
+                                    name=spec.name, owner=job.owner, job=job, reporter=reporter)
+    return {"asset": version.asset.name, "version": version.number}
+
+
+class ComponentsSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    select: list[str] = Field(min_length=1)
+    name: str | None = None
+
+
+@job_kind(name="extract_components", spec=ComponentsSpec, area="assembly", label="Extract components")
+def extract_components(spec: ComponentsSpec, reporter, job) -> dict:
+    version = services.components_extract(model=spec.model, select=spec.select, name=spec.name,
+                                          owner=job.owner, job=job, reporter=reporter)
+    return {"asset": version.asset.name, "version": version.number}

@@ -1,0 +1,98 @@
+"""Assembly in the app: recipes over registered models become library versions with their
+parents, validation and recipe; the same recipe is never computed twice; bad recipes and
+failed gates register nothing."""
+
+import pytest
+from django.urls import reverse
+
+from apps.assembly import services
+from apps.assembly.engine.plan import PlanError
+from apps.assets import selectors as asset_selectors
+from apps.assets.models import Asset
+from apps.monitoring.services import JobSpecError, job_submit
+from apps.registry import services as registry_services
+
+pytestmark = pytest.mark.django_db
+
+RECIPE = """merge_method: linear
+models:
+  - model: demo-llama-tune-even
+    parameters: {weight: 0.5}
+  - model: demo-llama-tune-late
+    parameters: {weight: 0.5}
+validation:
+  max_samples: 4
+  gates: [{metric: loss_ratio_to_best_parent, max: 1.5}]
+  samples: ["The json module"]
+"""
+
+
+@pytest.fixture
+def demo(fresh_library):
+    registry_services.demo_models_register()
+
+
+def test_assemble_registers_a_version_with_lineage_validation_and_recipe(demo):
+    version, reused = services.assemble(text=RECIPE, name="even-late")
+    assert not reused and version.asset.kind == "model"
+    assert sorted(str(p) for p in version.parents.all()) == ["demo-llama-tune-even@1",
+                                                             "demo-llama-tune-late@1"]
+    assert version.spec["recipe"] == RECIPE and version.spec["method"] == "linear"
+    val = version.metadata["validation"]
+    assert val["ok"] and set(val["losses"]) == {"result", "demo-llama-tune-even", "demo-llama-tune-late"}
+    assert "model.safetensors" in version.manifest and "README.md" in version.manifest
+    again, reused = services.assemble(text=RECIPE, name="even-late")
+    assert reused and again.pk == version.pk  # the same recipe over the same inputs: at once
+
+
+def test_a_failing_gate_registers_nothing(demo):
+    strict = RECIPE.replace("max: 1.5", "max: 0.001")
+    with pytest.raises(services.GateFailedError, match="loss_ratio_to_best_parent"):
+        services.assemble(text=strict, name="too-strict")
+    assert not Asset.objects.filter(name="too-strict").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("merge_method: linear", "merge_method: blend"), "blend"),
+    (("demo-llama-tune-late", "no-such-model"), "no-such-model"),
+    (("parameters: {weight: 0.5}\n  - model: demo-llama-tune-late\n    parameters: {weight: 0.5}",
+      "parameters: {weight: 0.5}\n  - model: demo-llama-tune-late\n    parameters: {weight: abc}"),
+     "weight"),
+])
+def test_plan_time_errors_queue_nothing(demo, change, message):
+    bad = RECIPE.replace(*change)
+    with pytest.raises((PlanError, ValueError), match=message):
+        services.recipe_plan(bad)
+    with pytest.raises(JobSpecError, match=message):
+        job_submit(kind="assemble", spec={"recipe": bad, "name": "x"})
+
+
+def test_density_outside_its_range_is_refused(demo):
+    ties = ("merge_method: ties\nbase_model: demo-llama-base\nmodels:\n"
+            "  - model: demo-llama-tune-even\n    parameters: {density: 1.5, weight: 1}\n")
+    with pytest.raises(PlanError, match=r"density must be in \(0, 1\]"):
+        services.recipe_plan(ties)
+
+
+def test_extract_lora_and_components_become_assets(demo):
+    lora = services.lora_extract(base="demo-llama-base", tuned="demo-llama-tune-late", rank=4, energy=None,
+                                 name=None)
+    assert lora.asset.kind == "adapter" and "adapter_config.json" in lora.manifest
+    comp = services.components_extract(model="demo-llama-tune-late", select=["layers 2-3"], name="late-top")
+    assert comp.asset.kind == "component"
+    assert [c["id"] for c in comp.metadata["components"]] == ["model.layers.2", "model.layers.3"]
+    assert str(next(iter(comp.parents.all()))) == "demo-llama-tune-late@1"
+
+
+def test_editor_shows_the_plan_as_it_is_typed_and_runs(client, user, demo):
+    client.force_login(user)
+    page = client.get(reverse("assembly:index")).content.decode()
+    assert 'hx-post="/assembly/plan/"' in page and 'id="plan-facts"' in page
+    typo = RECIPE.replace("linear", "linaer")
+    part = client.post(reverse("assembly:plan"), {"recipe": typo}).content.decode()
+    assert 'id="plan-problems"' in part and "linaer" in part
+    resp = client.post(reverse("assembly:run"), {"recipe": RECIPE, "name": "from-the-page", "save": "1"})
+    assert resp.status_code == 302
+    version = asset_selectors.asset_version_get(ref="from-the-page")
+    detail = client.get(reverse("assets:asset_detail", args=["from-the-page"])).content.decode()
+    assert 'id="validation"' in detail and "gates passed" in detail and version.number == 1
