@@ -1,14 +1,17 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from apps.assembly import services
 from apps.assembly.engine.plan import PlanError
 from apps.assembly.engine.recipe import RecipeError
 from apps.assembly.models import Recipe
+from apps.monitoring.charts import line_chart_svg
 from apps.monitoring.selectors import job_list
 from apps.monitoring.services import JobSpecError, job_submit
+from apps.registry.selectors import models_list
 
 EXAMPLE = """merge_method: linear
 models:
@@ -24,6 +27,51 @@ validation:
 """
 
 
+COMMON_METHODS = ("linear", "slerp", "ties", "task_arithmetic", "dare_ties", "model_stock")
+
+
+def recipe_from_form(data) -> str | None:
+    """The YAML for the common cases the form offers (two or more models, one method)."""
+    method = data.get("method")
+    models = [m for m in data.getlist("models") if m]
+    if method not in COMMON_METHODS or not models:
+        return None
+    base = data.get("base") or ""
+    weight = data.get("weight") or "1.0"
+    density = data.get("density") or "0.5"
+    lines = [f"merge_method: {method}"]
+    if method in ("ties", "task_arithmetic", "dare_ties", "model_stock", "slerp") and base:
+        lines.append(f"base_model: {base}")
+    lines.append("models:")
+    for m in models:
+        lines.append(f"  - model: {m}")
+        if method in ("linear", "task_arithmetic"):
+            lines.append(f"    parameters: {{weight: {weight}}}")
+        elif method in ("ties", "dare_ties"):
+            lines.append(f"    parameters: {{weight: {weight}, density: {density}}}")
+    if method == "slerp":
+        lines.append("parameters:\n  t: [0.0, 0.5, 1.0]  # a gradient across the layers")
+    lines.append("dtype: float32")
+    return "\n".join(lines) + "\n"
+
+
+def _gradient_chart(plan: dict) -> str:
+    """Each numeric parameter's value at each output layer: the gradients, drawn."""
+    series: dict[str, dict[int, float]] = {}
+    for out in plan["outputs"]:
+        if out["layer"] is None:
+            continue
+        for name, value in out["params"].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                series.setdefault(name, {}).setdefault(out["layer"], value)
+        for i, src in enumerate(out["sources"]):
+            for name, value in src["params"].items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    series.setdefault(f"{name}[{i}]", {}).setdefault(out["layer"], value)
+    varying = {k: sorted(v.items()) for k, v in series.items() if len(set(v.values())) > 1}
+    return line_chart_svg(varying, width=420, height=140) if varying else ""
+
+
 def _plan_context(text: str) -> dict:
     try:
         plan = services.recipe_plan(text)
@@ -36,14 +84,16 @@ def _plan_context(text: str) -> dict:
     by_method: dict[str, int] = {}
     for out in data["outputs"]:
         by_method[out["method"]] = by_method.get(out["method"], 0) + 1
-    return {"plan": data, "by_method": by_method}
+    return {"plan": data, "by_method": by_method,
+            "gradient_svg": mark_safe(_gradient_chart(data))}  # noqa: S308 - numbers and escaped names
 
 
 @login_required
 def editor(request):
     recipe = Recipe.objects.filter(pk=request.GET.get("recipe") or 0).first()
-    text = recipe.text if recipe else EXAMPLE
+    text = recipe.text if recipe else (recipe_from_form(request.GET) or EXAMPLE)
     ctx = {"text": text, "name": recipe.name if recipe else "", "recipes": Recipe.objects.all()[:50],
+           "methods": COMMON_METHODS, "registry": models_list().filter(error="").exclude(asset=None),
            "jobs": job_list(user=request.user, area="assembly")[:10], **_plan_context(text)}
     return render(request, "assembly/editor.html", ctx)
 

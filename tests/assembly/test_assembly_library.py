@@ -96,3 +96,12 @@ def test_editor_shows_the_plan_as_it_is_typed_and_runs(client, user, demo):
     version = asset_selectors.asset_version_get(ref="from-the-page")
     detail = client.get(reverse("assets:asset_detail", args=["from-the-page"])).content.decode()
     assert 'id="validation"' in detail and "gates passed" in detail and version.number == 1
+
+
+def test_common_case_form_writes_a_recipe_and_gradients_are_drawn(client, user, demo):
+    client.force_login(user)
+    page = client.get(reverse("assembly:index"), {
+        "method": "slerp", "models": ["demo-llama-tune-even", "demo-llama-tune-late"],
+        "base": "demo-llama-tune-even"}).content.decode()
+    assert "merge_method: slerp" in page and "base_model: demo-llama-tune-even" in page
+    assert 'id="gradient-chart"' in page and "<title>t</title>" in page
