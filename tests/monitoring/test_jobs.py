@@ -36,7 +36,7 @@ def test_selftest_runs_to_success_and_records_its_history(user):
 
 
 @pytest.mark.parametrize(("kind", "spec", "message"), [
-    ("no-such-kind", {}, "unknown job kind 'no-such-kind'; known kinds: asset_import, "),
+    ("no-such-kind", {}, "unknown job kind 'no-such-kind'; known kinds: "),
     ("selftest", {"steps": 0}, "spec.steps: Input should be greater than or equal to 1"),
     ("selftest", {"steps": 2, "colour": "red"}, "spec.colour: Extra inputs are not permitted"),
     ("selftest", {"queue": "gpu"}, "spec.queue: Input should be 'light' or 'heavy'"),

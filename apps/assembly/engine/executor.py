@@ -12,7 +12,10 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
                 "BOOL": "bool"}
 _LORA = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
 SIDE_FILES = ("generation_config.json",)
+CPU_WINDOW = 2  # outputs merged at once on a CPU
 
 
 class ExecutionError(RuntimeError):
@@ -74,20 +78,24 @@ class _Adapter:
 
         return pick(self.alpha_pattern, self.alpha) / pick(self.rank_pattern, self.r)
 
-    def apply(self, tensor_name: str, weight):
+    def load_pair(self, tensor_name: str):
+        """(A, B, scale) for the module this weight belongs to, or None."""
         module = tensor_name.removesuffix(".weight")
         pair = self.pairs.get(module)
         if pair is None or "lora_A" not in pair or "lora_B" not in pair:
-            return weight
-        a = _load(self.shards, pair["lora_A"]).float()
-        b = _load(self.shards, pair["lora_B"]).float()
-        return (weight.float() + self._scale(module) * (b @ a)).to(weight.dtype)
+            return None
+        return _load(self.shards, pair["lora_A"]), _load(self.shards, pair["lora_B"]), self._scale(module)
+
+    @staticmethod
+    def apply(weight, pair):
+        a, b, scale = pair
+        return (weight.float() + scale * (b.float() @ a.float())).to(weight.dtype)
 
 
 def _load(shards: ShardFiles, info: TensorInfo):
     import torch
 
-    raw = bytearray(shards.read_raw(info))  # writable, so torch does not warn
+    raw = shards.read_raw(info)  # a writable buffer: torch wraps it without a copy
     dtype = _torch_dtype(info.dtype)
     if not raw:
         return torch.empty(info.shape, dtype=dtype)
@@ -96,6 +104,7 @@ def _load(shards: ShardFiles, info: TensorInfo):
 
 class _Inputs:
     def __init__(self, plan: Plan):
+        self.lock = threading.Lock()
         self.models: dict[str, tuple[ModelFiles, ShardFiles, _Adapter | None]] = {}
         for m in plan.models:
             files = read_model(m.path)
@@ -107,8 +116,10 @@ class _Inputs:
         info = files.tensors.get(name)
         if info is None:
             raise ExecutionError(f"model {model!r} has no tensor {name!r} (changed since the plan?)")
-        weight = _load(shards, info)
-        return adapter.apply(name, weight) if adapter else weight
+        with self.lock:  # shard files are shared by the merging threads: one read at a time
+            weight = _load(shards, info)
+            pair = adapter.load_pair(name) if adapter else None
+        return _Adapter.apply(weight, pair) if pair else weight
 
     def close(self):
         for _, shards, adapter in self.models.values():
@@ -118,19 +129,19 @@ class _Inputs:
 
 
 def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, compute_dtype):
-
     from .methods.spec import tensor_generator
 
     method = get_method(out.method)
-    base_src = [s for s in out.sources if s.role == "base"]
-    model_src = [s for s in out.sources if s.role != "base"]
+    loaded = [inputs.tensor(s.model, s.tensor) for s in out.sources]
 
-    def fetch(src):
-        t = inputs.tensor(src.model, src.tensor).to(device)
+    def ready(t):
+        t = t.to(device)
         return t.to(compute_dtype) if compute_dtype is not None and t.is_floating_point() else t
 
-    tensors = [fetch(s) for s in model_src]
-    base = fetch(base_src[0]) if base_src else None
+    pairs = list(zip(out.sources, loaded, strict=True))
+    model_src = [s for s, _ in pairs if s.role != "base"]
+    tensors = [ready(t) for s, t in pairs if s.role != "base"]
+    base = next((ready(t) for s, t in pairs if s.role == "base"), None)
     generator = None
     if not method.deterministic:
         generator = tensor_generator(plan.recipe.random_seed or 0, out.name, device=device)
@@ -165,14 +176,36 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                            max_shard_bytes=max_shard_bytes, metadata={"audobon": "assembled"})
     total = sum(OutTensor(o.name, o.dtype, o.shape).nbytes for o in plan.outputs)
     try:
-        with torch.no_grad():
-            for i, out in enumerate(plan.outputs, 1):
-                if reporter.cancelled():
-                    raise JobCancelled
-                merged = _merge_one(out, inputs, plan, device, compute)
-                writer.write(out.name, merged.view(torch.uint8).numpy() if merged.numel() else b"")
-                elapsed = max(time.monotonic() - started, 1e-6)
-                reporter.step(i, len(plan.outputs), mb_s=writer.bytes_written / elapsed / 1e6)
+        # Two outputs are merged at once on a CPU (sorting, the heart of the pruning methods,
+        # runs on one core), each with half the cores; results are written in plan order.
+        window = 1 if device != "cpu" or len(plan.outputs) < 2 else CPU_WINDOW
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // window))
+        try:
+            with torch.no_grad(), ThreadPoolExecutor(max_workers=window) as pool:
+                todo = iter(plan.outputs)
+                pending: deque = deque()
+
+                def submit() -> None:
+                    out = next(todo, None)
+                    if out is not None:
+                        pending.append((out, pool.submit(_merge_one, out, inputs, plan, device, compute)))
+
+                for _ in range(window):
+                    submit()
+                done = 0
+                while pending:
+                    if reporter.cancelled():
+                        raise JobCancelled
+                    out, future = pending.popleft()
+                    merged = future.result()
+                    submit()
+                    writer.write(out.name, merged.view(torch.uint8).numpy() if merged.numel() else b"")
+                    done += 1
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    reporter.step(done, len(plan.outputs), mb_s=writer.bytes_written / elapsed / 1e6)
+        finally:
+            torch.set_num_threads(threads)
         files = writer.close()
         _write_side_files(plan, tmp, recipe_text, card_lines)
         os.rename(tmp, dest)

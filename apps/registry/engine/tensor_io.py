@@ -31,12 +31,12 @@ class ShardFiles:
             self.files[shard] = (f, 8 + n)
         return self.files[shard]
 
-    def read_raw(self, info: TensorInfo) -> bytes:
-        """A tensor's bytes exactly as stored (any dtype), one tensor in memory."""
+    def read_raw(self, info: TensorInfo) -> bytearray:
+        """A tensor's bytes exactly as stored (any dtype), read once into a writable buffer."""
         f, data = self.get(info.file)
         f.seek(data + info.start)
-        raw = f.read(info.nbytes)
-        if len(raw) != info.nbytes:
+        raw = bytearray(info.nbytes)
+        if f.readinto(raw) != info.nbytes:
             raise ValueError(f"{info.file}: {info.name} is truncated")
         return raw
 

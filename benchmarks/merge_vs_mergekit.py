@@ -1,0 +1,177 @@
+"""Merging against mergekit 0.1.5: the same recipe over the same inputs, in the same run.
+
+Generates a Llama-shaped bf16 base of about --params parameters and two fine-tunes of it
+(base + small noise), then for linear and ties runs `mergekit-yaml` (from its own venv,
+--mergekit-python) and Audobon's executor, each in a fresh process, measuring wall time
+and peak RSS (the process tree's, sampled every 20 ms), and compares the outputs tensor
+by tensor.
+
+    python benchmarks/merge_vs_mergekit.py [--params 250M] [--methods linear ties]
+        [--mergekit-python /work/mergekit-venv/bin/python] [--dir /work]
+    python benchmarks/merge_vs_mergekit.py --params 1B --methods linear --only-ours
+
+Targets: wall-time and peak-RSS ratios to mergekit <= 0.5 (linear, ties); the output's
+largest absolute difference from mergekit's; a 1 B-parameter linear merge under 1.5 GB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES = {  # hidden, intermediate, layers, vocab, heads
+    "250M": (1024, 2816, 16, 32000, 16),
+    "1B": (2048, 5632, 22, 32000, 32),
+}
+
+RECIPES = {
+    "linear": """merge_method: linear
+models:
+  - model: {a}
+    parameters: {{weight: 0.4}}
+  - model: {b}
+    parameters: {{weight: 0.6}}
+dtype: bfloat16
+""",
+    "ties": """merge_method: ties
+base_model: {base}
+models:
+  - model: {a}
+    parameters: {{density: 0.5, weight: 0.5}}
+  - model: {b}
+    parameters: {{density: 0.5, weight: 0.5}}
+parameters: {{normalize: true}}
+dtype: bfloat16
+""",
+}
+
+MAKE = """
+import json, sys, torch
+from safetensors.torch import save_file
+hidden, inter, layers, vocab, heads = map(int, sys.argv[2:7])
+out = sys.argv[1]
+g = torch.Generator().manual_seed(0)
+def rnd(*shape): return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+names = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
+         "lm_head.weight": (vocab, hidden)}
+for i in range(layers):
+    p = f"model.layers.{i}."
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"): names[p + f"self_attn.{n}.weight"] = (hidden, hidden)
+    names[p + "mlp.gate_proj.weight"] = (inter, hidden); names[p + "mlp.up_proj.weight"] = (inter, hidden)
+    names[p + "mlp.down_proj.weight"] = (hidden, inter)
+    names[p + "input_layernorm.weight"] = (hidden,); names[p + "post_attention_layernorm.weight"] = (hidden,)
+config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+          "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
+          "num_key_value_heads": heads, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+          "tie_word_embeddings": False, "torch_dtype": "bfloat16", "max_position_embeddings": 2048}
+import os
+for label, scale in (("base", 0.0), ("tune-a", 0.002), ("tune-b", 0.002)):
+    os.makedirs(f"{out}/{label}", exist_ok=True)
+    g.manual_seed(0)
+    tensors = {n: rnd(*s) if len(s) > 1 else torch.ones(s, dtype=torch.bfloat16) for n, s in names.items()}
+    if scale:
+        g.manual_seed(hash(label) % 1000)
+        tensors = {n: (t.float() + torch.randn(t.shape, generator=g) * scale).to(torch.bfloat16)
+                   for n, t in tensors.items()}
+    save_file(tensors, f"{out}/{label}/model.safetensors", metadata={"format": "pt"})
+    json.dump(config, open(f"{out}/{label}/config.json", "w"))
+    del tensors
+"""
+
+OURS = """
+import sys
+from pathlib import Path
+from apps.assembly.engine.executor import execute
+from apps.assembly.engine.plan import make_plan
+from apps.assembly.engine.recipe import parse_recipe
+text = open(sys.argv[1]).read()
+execute(make_plan(parse_recipe(text), lambda ref: Path(ref)), Path(sys.argv[2]), recipe_text=text)
+"""
+
+
+def run_measured(argv: list[str], env: dict | None = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes of the process and its children)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed:\n{proc.stderr.read().decode()[-3000:]}")
+    return wall, peak
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    from safetensors import safe_open
+
+    def files(folder):
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            return {n: folder / f for n, f in json.loads(index.read_text())["weight_map"].items()}
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return {n: folder / "model.safetensors" for n in f.keys()}  # noqa: SIM118
+
+    fa, fb = files(a), files(b)
+    if set(fa) != set(fb):
+        raise SystemExit(f"different tensor sets: {sorted(set(fa) ^ set(fb))[:5]}")
+    worst = 0.0
+    for name in fa:
+        with safe_open(str(fa[name]), framework="pt") as x, safe_open(str(fb[name]), framework="pt") as y:
+            worst = max(worst, float((x.get_tensor(name).float() - y.get_tensor(name).float()).abs().max()))
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", choices=sorted(SHAPES), default="250M")
+    parser.add_argument("--methods", nargs="+", choices=sorted(RECIPES), default=["linear", "ties"])
+    parser.add_argument("--mergekit-python", default="/work/mergekit-venv/bin/python")
+    parser.add_argument("--only-ours", action="store_true")
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="audobon-merge-bench-", dir=args.dir) as tmp:
+        tmp = Path(tmp)
+        subprocess.run([sys.executable, "-c", MAKE, str(tmp / "models"), *map(str, SHAPES[args.params])],
+                       check=True)
+        size = (tmp / "models" / "base" / "model.safetensors").stat().st_size
+        print(f"models: 3 x {size / 1e9:.2f} GB bf16 ({size // 2 / 1e6:.0f} M parameters each)")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        for method in args.methods:
+            m = tmp / "models"
+            recipe = tmp / f"{method}.yaml"
+            recipe.write_text(RECIPES[method].format(base=m / "base", a=m / "tune-a", b=m / "tune-b"))
+            ours_wall, ours_rss = run_measured(
+                [sys.executable, "-c", OURS, str(recipe), str(tmp / f"ours-{method}")], env=env)
+            line = f"{method}: audobon {ours_wall:.1f} s, peak RSS {ours_rss / 1e9:.2f} GB"
+            if not args.only_ours:
+                mk = Path(args.mergekit_python).with_name("mergekit-yaml")
+                mk_wall, mk_rss = run_measured([str(mk), str(recipe), str(tmp / f"mk-{method}"),
+                                                "--no-copy-tokenizer", "--no-write-model-card", "--quiet",
+                                                "--random-seed", "0"])
+                diff = max_abs_diff(tmp / f"ours-{method}", tmp / f"mk-{method}")
+                line += (f"; mergekit {mk_wall:.1f} s, {mk_rss / 1e9:.2f} GB; ratios: time "
+                         f"{ours_wall / mk_wall:.2f}, RSS {ours_rss / mk_rss:.2f} (targets <= 0.5); "
+                         f"largest |difference| {diff:.3g}")
+            if args.params == "1B" and method == "linear":
+                line += f" (1B target: <= 1.5 GB: {'met' if ours_rss <= 1.5e9 else 'MISSED'})"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
