@@ -22,6 +22,9 @@ from apps.monitoring.startup import on_startup
 from apps.registry import services as registry_services
 from apps.registry.models import DiscoveredModel
 
+DEFAULT_VALIDATION_SAMPLES = 16
+DEFAULT_PROMPTS = ["The json module", "In Python, a list"]
+
 
 class GateFailedError(RuntimeError):
     """The result failed a validation gate: it is not registered."""
@@ -163,19 +166,19 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
         result = execute(plan, folder, recipe_text=text, reporter=reporter,
                          card_lines=["## Lineage", "", *[f"- {v}" for v in parents]])
         reporter.log(f"wrote {result.bytes / 1e6:.1f} MB in {result.seconds:.1f}s on {result.device}")
-        report = None
+        # Every run is validated; the recipe's `validation:` block only tunes it and adds gates.
         spec = plan.recipe.validation
-        if spec is not None:
-            reporter.log("validating against the parents")
-            parent_dirs = {m.ref: Path(m.path) for m in plan.models if set(m.roles) & {"source", "base"}}
-            report = validate(folder, parent_dirs, max_samples=spec.max_samples or 32,
-                              texts=validation_texts(spec.dataset) if spec.dataset else None,
-                              prompts=list(spec.samples or []),
-                              gates=[g.model_dump(exclude_none=True) for g in spec.gates])
-            if not report.ok:
-                failed = [g for g in report.gates if not g["ok"]]
-                raise GateFailedError("validation gate failed, nothing registered: " + "; ".join(
-                    f"{g['metric']} = {g['value']!r} (limit {g.get('max', g.get('min'))})" for g in failed))
+        reporter.log("validating against the parents")
+        parent_dirs = {m.ref: Path(m.path) for m in plan.models if set(m.roles) & {"source", "base"}}
+        report = validate(folder, parent_dirs,
+                          max_samples=(spec and spec.max_samples) or DEFAULT_VALIDATION_SAMPLES,
+                          texts=validation_texts(spec.dataset) if spec and spec.dataset else None,
+                          prompts=list(spec.samples) if spec and spec.samples else DEFAULT_PROMPTS,
+                          gates=[g.model_dump(exclude_none=True) for g in spec.gates] if spec else [])
+        if not report.ok:
+            failed = [g for g in report.gates if not g["ok"]]
+            raise GateFailedError("validation gate failed, nothing registered: " + "; ".join(
+                f"{g['metric']} = {g['value']!r} (limit {g.get('max', g.get('min'))})" for g in failed))
         if out is not None:
             shutil.copytree(folder, out)
         version = asset_services.asset_import(
@@ -185,7 +188,7 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
         )
         version.spec = {"recipe": text, "cache_key": key, "method": plan.method,
                         "models": [m.ref for m in plan.models]}
-        version.metadata = {**version.metadata, "validation": report.to_json() if report else None,
+        version.metadata = {**version.metadata, "validation": report.to_json(),
                             "assembly": {"method": plan.method, "tensors": result.tensors,
                                          "seconds": round(result.seconds, 2), "device": result.device}}
         version.save(update_fields=["spec", "metadata"])

@@ -105,3 +105,22 @@ def test_common_case_form_writes_a_recipe_and_gradients_are_drawn(client, user, 
         "base": "demo-llama-tune-even"}).content.decode()
     assert "merge_method: slerp" in page and "base_model: demo-llama-tune-even" in page
     assert 'id="gradient-chart"' in page and "<title>t</title>" in page
+
+
+def test_an_extracted_component_is_grafted_by_a_later_recipe(demo):
+    import torch
+    from safetensors.torch import load_file
+
+    comp = services.components_extract(model="demo-llama-tune-late", select=["layers 3-3"], name="late-3")
+    recipe = ("merge_method: linear\nmodels:\n  - model: demo-llama-base\n    parameters: {weight: 1.0}\n"
+              "graft:\n  - component: model.layers.3\n    from: asset:late-3\n")
+    version, _ = services.assemble(text=recipe, name="base-with-late-3")
+    assert "late-3@1" in [str(p) for p in version.parents.all()]
+    folder = registry_services.version_folder(version)
+    merged = load_file(str(folder / "model.safetensors"))
+    donor = load_file(str(registry_services.version_folder(comp) / "model.safetensors"))
+    base = load_file(str(registry_services.resolve_model("demo-llama-base")[0] / "model.safetensors"))
+    name = "model.layers.3.mlp.up_proj.weight"
+    assert torch.equal(merged[name], donor[name])
+    assert torch.equal(merged["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
+    assert version.metadata["validation"]["losses"]["result"] > 0  # validated though the recipe asked nothing
