@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -128,7 +129,7 @@ class MergeMethod(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MethodSpec:
+class MethodSpec(ABC):
     """The shared part of every method: parameter table, checks, dtype alignment.
 
     A method subclasses this, implements `compute` on checked, aligned tensors and parameters
@@ -184,7 +185,7 @@ class MethodSpec:
         self.check(resolved_global, resolved_models)
         return resolved_global, resolved_models
 
-    def check(self, global_params: dict[str, Any], per_model: list[dict[str, Any]]) -> None:
+    def check(self, global_params: dict[str, Any], per_model: list[dict[str, Any]]) -> None:  # noqa: B027
         """Checks that involve several parameters at once; a method overrides it."""
 
     def _check_count(self, count: int) -> None:
@@ -248,6 +249,7 @@ class MethodSpec:
         aligned, aligned_base = self._check_tensors(list(tensors), base, len(resolved_models))
         return self.compute(aligned, aligned_base, resolved_models, resolved_global, generator=generator)
 
+    @abstractmethod
     def compute(
         self,
         tensors: list[torch.Tensor],
@@ -257,7 +259,7 @@ class MethodSpec:
         *,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        raise NotImplementedError(f"{self.name}: compute is not implemented")
+        """The method's math on already-checked tensors (each method's module defines it)."""
 
     def _check_tensors(
         self, tensors: list[torch.Tensor], base: torch.Tensor | None, count: int
