@@ -35,6 +35,10 @@ TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
 _LORA = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
 SIDE_FILES = ("generation_config.json",)
 CPU_WINDOW = 2  # outputs merged at once on a CPU
+# Methods whose pruning sorts every task vector (index arrays 4x the tensor's size): one
+# output at a time, so peak memory stays a few times the largest tensor.
+SORTING_METHODS = frozenset({"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
+                             "della", "della_linear"})
 
 
 class ExecutionError(RuntimeError):
@@ -176,9 +180,10 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                            max_shard_bytes=max_shard_bytes, metadata={"audobon": "assembled"})
     total = sum(OutTensor(o.name, o.dtype, o.shape).nbytes for o in plan.outputs)
     try:
-        # Two outputs are merged at once on a CPU (sorting, the heart of the pruning methods,
-        # runs on one core), each with half the cores; results are written in plan order.
-        window = 1 if device != "cpu" or len(plan.outputs) < 2 else CPU_WINDOW
+        # Two outputs are merged at once on a CPU, each with half the cores, unless the method
+        # sorts (memory first); results are written in plan order.
+        window = 1 if (device != "cpu" or len(plan.outputs) < 2
+                       or any(o.method in SORTING_METHODS for o in plan.outputs)) else CPU_WINDOW
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, threads // window))
         try:
