@@ -27,6 +27,11 @@ def dataset_dir(tmp_path):
     (d / "train.jsonl").write_text("\n".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"})
                                              for i in range(30)))
     (d / "README.md").write_text("# Chat set\n" + "words " * 400)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": [f"p{i}" for i in range(30)], "score": list(range(30))}),
+                   d / "scores.parquet")
     img = Image.new("RGB", (800, 600), (200, 30, 30))
     img.save(d / "cover.png")
     return d
@@ -60,6 +65,8 @@ def test_previews_of_text_dataset_and_image(ada, dataset_dir):
     url = lambda p: reverse("assets:file_preview", args=["chat-set", 1, p])  # noqa: E731
     rows = ada.get(url("train.jsonl")).content.decode()
     assert "<th>instruction</th>" in rows and "<td>q19</td>" in rows and "<td>q20</td>" not in rows
+    parquet = ada.get(url("scores.parquet")).content.decode()
+    assert "<th>prompt</th>" in parquet and "<td>p19</td>" in parquet and "<td>p20</td>" not in parquet
     text = ada.get(url("README.md")).content.decode()
     assert "# Chat set" in text and "the first KB" in text
     img = ada.get(url("cover.png")).content.decode()

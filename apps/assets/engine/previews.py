@@ -85,12 +85,10 @@ def dataset_rows(src: Path, *, name: str,
                     break
                 records.append(row)
     elif suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            return ["(preview)"], [["Parquet preview needs pyarrow"]]
-        table = next(pq.ParquetFile(src).iter_batches(batch_size=limit)).to_pylist()
-        records = table[:limit]
+        import pyarrow.parquet as pq  # only the first batch is read, not the file
+
+        first = next(pq.ParquetFile(src).iter_batches(batch_size=limit), None)
+        records = first.to_pylist()[:limit] if first is not None else []
     columns: list[str] = []
     for rec in records:
         for key in rec:
