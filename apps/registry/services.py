@@ -109,6 +109,24 @@ def _entries(folder: Path) -> list[FileEntry]:
     return entries
 
 
+def _asset_name(dm: DiscoveredModel, model: FoundModel) -> str:
+    """The library name for a found model: its own asset when it has one; otherwise its
+    name, unless another model already goes by it (two folders called `llama` in two
+    places are two models), then the parent folder's name is added."""
+    from apps.assets.models import Asset
+
+    if dm.asset_id:
+        return dm.asset.name
+    name = asset_name_for(model.name)
+    if not Asset.objects.filter(name=name).exists():
+        return name
+    name = asset_name_for(f"{model.path.parent.name}--{model.name}")
+    candidate, n = name, 2
+    while Asset.objects.filter(name=candidate).exists():
+        candidate, n = f"{name} ({n})", n + 1
+    return candidate
+
+
 def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: str) -> DiscoveredModel:
     path = model.path.as_posix()
     try:
@@ -134,7 +152,7 @@ def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: s
                         "path": path}
             try:
                 version = asset_services.asset_version_create(
-                    name=asset_name_for(model.name), kind=kind, entries=_entries(model.path),
+                    name=_asset_name(dm, model), kind=kind, entries=_entries(model.path),
                     metadata=metadata, location=path, message=f"found by a scan of {path}",
                     spec={"scan": path, "fingerprint": model.fingerprint},
                 )

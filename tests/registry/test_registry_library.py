@@ -130,3 +130,15 @@ def test_compare_many_and_import_from_the_page(client, user, zoo, fresh_library)
     assert resp.status_code == 302
     version = asset_selectors.asset_version_get(ref="base")
     assert version.number == 2 and not version.location
+
+
+def test_two_folders_with_the_same_name_are_two_assets(tmp_path, fresh_library):
+    llama_like(tmp_path / "a" / "llama")
+    llama_like(tmp_path / "b" / "llama", seed=3)
+    services.scan_models(paths=[tmp_path / "a", tmp_path / "b"])
+    names = sorted(m.asset.name for m in DiscoveredModel.objects.all())
+    assert names == ["b--llama", "llama"]
+    assert asset_selectors.asset_version_get(ref="llama").number == 1
+    (tmp_path / "b" / "llama" / "config.json").write_text('{"model_type": "llama"}')
+    services.scan_models()
+    assert asset_selectors.asset_version_get(ref="b--llama").number == 2  # its own history
