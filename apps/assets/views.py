@@ -42,6 +42,15 @@ def _version_or_404(name: str, number: int | None = None):
         raise Http404(str(exc)) from None
 
 
+def _file_or_404(name: str, number: int, path: str):
+    """(version, manifest entry) of one file of a version."""
+    version = _version_or_404(name, number)
+    entry = version.manifest.get(path)
+    if entry is None:
+        raise Http404(f"{version} has no file {path!r}")
+    return version, entry
+
+
 def _version_url(version) -> str:
     return reverse("assets:asset_detail", args=[version.asset.name]) + f"?v={version.number}"
 
@@ -74,10 +83,7 @@ def _model_summary(version) -> dict:
 
 @login_required
 def file_preview(request, name: str, number: int, path: str):
-    version = _version_or_404(name, number)
-    entry = version.manifest.get(path)
-    if entry is None:
-        raise Http404(f"{version} has no file {path!r}")
+    version, entry = _file_or_404(name, number, path)
     blob = services.version_file(version, path)
     kind = previews.preview_kind(path)
     ctx = {"version": version, "path": path, "kind": kind, "size": entry["size"]}
@@ -95,10 +101,7 @@ def file_preview(request, name: str, number: int, path: str):
 
 @login_required
 def thumbnail(request, name: str, number: int, path: str):
-    version = _version_or_404(name, number)
-    entry = version.manifest.get(path)
-    if entry is None:
-        raise Http404(f"{version} has no file {path!r}")
+    version, entry = _file_or_404(name, number, path)
     src = services.version_file(version, path)
     # Content-addressed where the hash is known; referenced files by where and when.
     key = entry["sha256"] or hashlib.sha256(f"{src}:{src.stat().st_mtime_ns}".encode()).hexdigest()
@@ -115,9 +118,7 @@ def thumbnail(request, name: str, number: int, path: str):
 @login_required
 def file_raw(request, name: str, number: int, path: str):
     """One file of a version; pictures shown inline, everything else downloaded."""
-    version = _version_or_404(name, number)
-    if path not in version.manifest:
-        raise Http404(f"{version} has no file {path!r}")
+    version, _ = _file_or_404(name, number, path)
     ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
     inline = ctype in ("image/png", "image/jpeg", "image/gif", "image/webp")
     return FileResponse(services.version_file(version, path).open("rb"), content_type=ctype,

@@ -49,7 +49,15 @@ from typing import Any, cast
 
 from apps.assembly.engine.methods.registry import METHOD_NAMES, get_method
 from apps.assembly.engine.methods.spec import MethodParamError, MethodSpec, Param
-from apps.registry.engine.components import LM_ARCHITECTURES, catalogue, facts, signature, stacks, walk
+from apps.registry.engine.components import (
+    LM_ARCHITECTURES,
+    catalogue,
+    facts,
+    layer_ranges,
+    signature,
+    stacks,
+    walk,
+)
 from apps.registry.engine.header import HeaderError
 from apps.registry.engine.model import read_model
 from apps.registry.engine.types import DTYPE_BYTES, Component, ModelFiles, TensorInfo
@@ -395,16 +403,6 @@ def _head(files: ModelFiles, components: list[Component], embedding: str | None)
     return next((n for n in matrices if files.tensors[n].shape[0] == rows), None)
 
 
-def _ranges(numbers: Iterable[int]) -> str:
-    runs: list[list[int]] = []
-    for n in sorted(numbers):
-        if runs and n == runs[-1][-1] + 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or "none"
-
-
 # ------------------------------------------------------------------------------- planning
 
 
@@ -702,8 +700,8 @@ class _Planner:
             if missing:
                 raise LayerRangeError(
                     f"{where}.sources[{j}]: layer_range [{start}, {end}] of {model.key!r} needs layers "
-                    f"{_ranges(missing)}, which it does not have (it has {len(model.layers)} layers: "
-                    f"{_ranges(model.layers)})")
+                    f"{layer_ranges(missing)}, which it does not have (it has {len(model.layers)} layers: "
+                    f"{layer_ranges(model.layers)})")
             is_base = base is not None and spec.model == base and self.base_policy != "ignored"
             sources.append(_Source(model.key, spec.model, start, end, "base" if is_base else "model"))
         if sources and sources[0].end == sources[0].start:

@@ -115,7 +115,7 @@ def backup_write(dest: Path, *, store: BlobStore, shas: Iterable[str], tables: b
     """Write the backup to a temp name next to `dest`, verify it, then rename it to `dest`.
 
     So `dest` only ever names a complete, verified backup; a killed backup leaves
-    `.<dest name>.tmp-XXXX` beside it.
+    `.<dest name>.tmp-<random>` beside it.
     """
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():

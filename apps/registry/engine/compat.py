@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .components import layer_ranges
 from .types import Component, ModelFiles, TensorInfo
 
 # How many examples a reason lists before it says "and N more".
@@ -53,16 +54,6 @@ def _shape(shape: Iterable[int]) -> str:
 def _examples(items: list[str], n: int = EXAMPLES) -> str:
     shown = ", ".join(items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def _ranges(numbers: Iterable[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5"."""
-    out = []
-    nums = sorted(set(numbers))
-    for _, grp in itertools.groupby(enumerate(nums), lambda p: p[1] - p[0]):
-        run = [v for _, v in grp]
-        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-    return ", ".join(out)
 
 
 def _layer_of(components: list[Component]) -> dict[str, int]:
@@ -137,7 +128,7 @@ def _weight_merge(a: ModelFiles, b: ModelFiles, la: dict[str, int], lb: dict[str
         if in_layers:
             layers = [layers_of[n] for n in in_layers]
             reasons.append(
-                f"{len(in_layers)} tensors of layers {_ranges(layers)} only in {label}"
+                f"{len(in_layers)} tensors of layers {layer_ranges(layers)} only in {label}"
                 f" (e.g. {_examples(in_layers, 2)})"
             )
         if loose:
@@ -193,7 +184,7 @@ def _layer_splice(a: ModelFiles, b: ModelFiles, ca: list[Component], cb: list[Co
         peer = next((c for c in theirs if c.layer == first.layer), theirs[0])
         x, y = (first, peer) if label == "A" else (peer, first)
         unmatched = [c.layer for c in mine if c.signature not in their_sigs]
-        what = (f"layer{'s' if len(unmatched) > 1 else ''} {_ranges(unmatched)} of {label} "
+        what = (f"layer{'s' if len(unmatched) > 1 else ''} {layer_ranges(unmatched)} of {label} "
                 f"match{'' if len(unmatched) > 1 else 'es'} no layer of the other model")
         if (x.layer, y.layer) in compared:
             reasons.append(what)
@@ -228,14 +219,14 @@ def _component_swap(a: ModelFiles, b: ModelFiles, ca: list[Component], cb: list[
     for (kind, why), comps in grouped.items():
         layers = [c.layer for c in comps if c.layer is not None]
         if len(comps) > 1 and len(layers) == len(comps):
-            reasons.append(f"{kind} of layers {_ranges(layers)}: {why}")
+            reasons.append(f"{kind} of layers {layer_ranges(layers)}: {why}")
         else:
             reasons += [f"{c.id}: {why}" for c in comps]
     for label, mine, theirs in (("A", ia, ib), ("B", ib, ia)):
         only = [c for cid, c in mine.items() if cid not in theirs]
         layered = [c.layer for c in only if c.layer is not None]
         if layered:
-            reasons.append(f"layers {_ranges(layered)} only in {label}")
+            reasons.append(f"layers {layer_ranges(layered)} only in {label}")
         loose = [c.id for c in only if c.layer is None]
         if loose:
             reasons.append(f"only in {label}: {_examples(loose)}")

@@ -372,7 +372,7 @@ def check_config(model: ModelFiles, strict: bool = True,
         found = len(main["layers"])
         if found not in (expected, expected + extra):
             problems.append(f"{where}: num_hidden_layers {expected}, but {main['prefix']} has {found} "
-                            f"layers ({_ranges(main['layers'])})")
+                            f"layers ({layer_ranges(main['layers'])})")
     tied = _tied(model, components, embedding)
     if tied["tied"] is False and "tie_word_embeddings is false" in tied["reason"]:
         problems.append(f"{where}: no lm_head tensor, and tie_word_embeddings is false")
@@ -381,12 +381,12 @@ def check_config(model: ModelFiles, strict: bool = True,
     return problems
 
 
-def _ranges(numbers: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5"."""
+def layer_ranges(numbers: Iterable[int], empty: str = "none") -> str:
+    """[0, 1, 2, 5] -> "0-2, 5": layer lists as people write them in messages."""
     runs: list[list[int]] = []
-    for n in sorted(numbers):
+    for n in sorted(set(numbers)):
         if runs and n == runs[-1][-1] + 1:
             runs[-1].append(n)
         else:
             runs.append([n])
-    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or empty
