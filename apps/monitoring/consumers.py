@@ -95,6 +95,15 @@ class JobConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data=html)
                 self.after = last
             if finished:
+                # The events were counted before the job row was read, so the last ones
+                # (the final state among them, committed with the row) may not be in that
+                # update yet: one more read after seeing the end sends them before closing.
+                html, last, _ = await database_sync_to_async(_render_update)(
+                    self.job_id, self.after, False, self.csrf_token
+                )
+                if html is not None:
+                    await self.send(text_data=html)
+                    self.after = last
                 self.done = True
                 await self.close(code=1000)
                 return True

@@ -106,7 +106,9 @@ def job_cancel(*, job: Job) -> Job:
 def job_event_record(*, job_id: int, kind: str, data: dict) -> JobEvent:
     event = JobEvent.objects.create(job_id=job_id, kind=kind, data=data)
     if settings.REDIS_URL:
-        _publish(job_id, event.pk)
+        # After the commit: a consumer woken by the push must find the event (and, for the
+        # last one, the finished job) when it reads.
+        transaction.on_commit(lambda: _publish(job_id, event.pk))
     return event
 
 
@@ -152,11 +154,14 @@ def job_finish(*, job_id: int, status: str, result=None, error: str = "",
         fields["result"] = result
     if status == Job.Status.SUCCEEDED:
         fields["progress"] = 1.0
-    Job.objects.filter(pk=job_id).update(**fields)
     data = {"status": status}
     if error:
         data["error"] = error[:500]
-    job_event_record(job_id=job_id, kind=JobEvent.Kind.STATE, data=data)
+    # One commit: a reader that sees the job finished also sees its last event, so a page
+    # closing its socket on "finished" never misses the final history line.
+    with transaction.atomic():
+        Job.objects.filter(pk=job_id).update(**fields)
+        job_event_record(job_id=job_id, kind=JobEvent.Kind.STATE, data=data)
 
 
 # --- workers and crash recovery ---------------------------------------------------------------

@@ -56,6 +56,36 @@ async def test_owner_gets_the_current_state_then_each_new_event(user):
     assert closed == {"type": "websocket.close", "code": 1000}
 
 
+async def test_a_job_that_ends_between_counting_and_reading_still_sends_its_last_line(user, monkeypatch):
+    """The consumer counts events, then reads the job row. If the worker finishes in
+    between, the row says "succeeded" while the count misses the final state event; the
+    page must still get that line before the socket closes."""
+    job = await database_sync_to_async(_running_job)(user)
+    comm = await _connect(job.pk, user)
+    await comm.receive_from(timeout=3)
+
+    real_refresh = Job.refresh_from_db
+    finished = []
+
+    def refresh_after_the_worker_finished(self, *args, **kwargs):
+        if not finished:
+            finished.append(True)
+            services.job_finish(job_id=self.pk, status="succeeded")
+        return real_refresh(self, *args, **kwargs)
+
+    monkeypatch.setattr(Job, "refresh_from_db", refresh_after_the_worker_finished)
+    await database_sync_to_async(services.job_event_record)(
+        job_id=job.pk, kind=JobEvent.Kind.LOG, data={"msg": "last step"})
+    frames = []
+    while True:
+        out = await comm.receive_output(timeout=3)
+        if out["type"] == "websocket.close":
+            break
+        frames.append(out["text"])
+    history = "".join(f.split('id="job-history"', 1)[1] for f in frames)
+    assert "last step" in history and "succeeded" in history
+
+
 async def test_history_sent_over_the_socket_starts_after_what_the_page_shows(user):
     job = await database_sync_to_async(_running_job)(user)
     last = await database_sync_to_async(
