@@ -50,15 +50,31 @@ def test_sharded_output_has_an_index_and_loads(tmp_path):
             np.testing.assert_array_equal(f.get_tensor(name), a)
 
 
-def test_order_size_and_completeness_are_checked(tmp_path):
+def test_tensors_may_come_in_any_order_into_any_shard(tmp_path):
+    arrays = _tensors()
+    limit = arrays["layer.0.weight"].nbytes * 2
+    w = ShardedWriter(tmp_path / "m", _out(arrays), max_shard_bytes=limit)
+    for name in reversed(list(arrays)):  # the last shard's tensors first
+        w.write(name, arrays[name])
+    w.close()
+    index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
+    for name, a in arrays.items():
+        with safe_open(str(tmp_path / "m" / index["weight_map"][name]), framework="numpy") as f:
+            np.testing.assert_array_equal(f.get_tensor(name), a)
+        read_header(tmp_path / "m" / index["weight_map"][name])  # offsets contiguous, in the file
+
+
+def test_names_sizes_repeats_and_completeness_are_checked(tmp_path):
     arrays = _tensors()
     w = ShardedWriter(tmp_path / "m", _out(arrays))
-    with pytest.raises(WriterError, match=r"expected tensor 'layer\.0\.weight' next, got 'layer\.1\.weight'"):
-        w.write("layer.1.weight", arrays["layer.1.weight"])
+    with pytest.raises(WriterError, match=r"tensor 'layer\.9\.weight' is not in the plan"):
+        w.write("layer.9.weight", arrays["layer.1.weight"])
     with pytest.raises(WriterError, match="the plan says"):
         w.write("layer.0.weight", arrays["layer.0.weight"][:4])
-    w.write("layer.0.weight", arrays["layer.0.weight"])
-    with pytest.raises(WriterError, match=r"4 tensors never written, first 'layer\.1\.weight'"):
+    w.write("layer.1.weight", arrays["layer.1.weight"])
+    with pytest.raises(WriterError, match=r"'layer\.1\.weight' is written twice"):
+        w.write("layer.1.weight", arrays["layer.1.weight"])
+    with pytest.raises(WriterError, match=r"4 tensors never written, first 'layer\.0\.weight'"):
         w.close()
     w.abort()
     with pytest.raises(WriterError, match="written twice"):

@@ -9,13 +9,14 @@ applied), whatever the model's size. CUDA is used when there is one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,9 @@ TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
 _LORA = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
 SIDE_FILES = ("generation_config.json",)
 CPU_WINDOW = 2  # outputs merged at once on a CPU
-# Methods whose pruning sorts every task vector (index arrays 4x the tensor's size): one
-# output at a time, so peak memory stays a few times the largest tensor.
+# Methods whose pruning holds several full-size work tensors per task vector (sort keys and
+# int64 indices, or float32 draw probabilities): the schedule counts them SORT_COST times.
+SORT_COST = 6  # their working memory per element and core, in elements of a 16-bit tensor
 SORTING_METHODS = frozenset({"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
                              "della", "della_linear"})
 
@@ -132,7 +134,8 @@ class _Inputs:
                 adapter.shards.close()
 
 
-def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, compute_dtype):
+def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, compute_dtype,
+               workers: int = 1):
     from .methods.spec import tensor_generator
 
     method = get_method(out.method)
@@ -149,11 +152,73 @@ def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, comp
     generator = None
     if not method.deterministic:
         generator = tensor_generator(plan.recipe.random_seed or 0, out.name, device=device)
-    merged = method.merge(tensors, base, [s.params for s in model_src], out.params, generator=generator)
+    merged = method.merge(tensors, base, [s.params for s in model_src], out.params, generator=generator,
+                          workers=workers)
     if tuple(merged.shape) != tuple(out.shape):
         raise ExecutionError(f"{out.name}: {out.method} gave shape {list(merged.shape)}, the plan says "
                              f"{list(out.shape)}")
     return merged.to(_torch_dtype(out.dtype)).contiguous().cpu()
+
+
+class _Schedule:
+    """Which outputs run at once, with how many cores each, largest first.
+
+    Costs are in tensor elements of working memory: an output takes its element count, and a
+    sorting method SORT_COST times that for each core it works on. The budget is what the plan's
+    most expensive output needs on its own (at least two of the largest plain outputs), plus a
+    quarter: smaller outputs run beside a large one only within it. Largest first, so the
+    long outputs overlap the many short ones instead of running alone at the end; results are
+    written as they come (the writer puts each in its planned place).
+    """
+
+    def __init__(self, outputs: list[OutputTensor], *, cores: int, at_once: int):
+        self.cores, self.at_once = max(1, cores), max(1, at_once)
+        self.outputs = sorted(outputs, key=lambda o: self.cost(o, 1), reverse=True)
+        alone = [self.cost(o, 1) for o in outputs]
+        plain = [math.prod(o.shape) for o in outputs if o.method not in SORTING_METHODS]
+        self.budget = max([*alone, 2 * max(plain, default=0)], default=0) * 5 // 4
+
+    @staticmethod
+    def splits(out: OutputTensor) -> bool:
+        """Whether the output's models can be worked on side by side."""
+        return get_method(out.method).splits_by_model and sum(s.role != "base" for s in out.sources) > 1
+
+    @staticmethod
+    def cost(out: OutputTensor, workers: int) -> int:
+        size = max(1, math.prod(out.shape))
+        return size * SORT_COST * workers if out.method in SORTING_METHODS else size
+
+    def wanted(self, out: OutputTensor) -> int:
+        """Cores for one output: its share of the machine when `at_once` run together."""
+        if not self.splits(out):
+            return 1
+        return max(1, min(self.cores // self.at_once, sum(s.role != "base" for s in out.sources)))
+
+    def run(self, start, finish, cancelled) -> None:
+        """start(out, workers) -> future; finish(out, result) as each is done."""
+        todo = deque(self.outputs)
+        running: dict = {}  # future -> (out, cost)
+        spent = 0
+        while todo or running:
+            if cancelled():
+                raise JobCancelled
+            while todo and len(running) < self.at_once:
+                # The largest output that fits beside what runs (any, when nothing does).
+                out = next((o for o in todo if not running or spent + self.cost(o, 1) <= self.budget), None)
+                if out is None:
+                    break  # the next starts when what runs now is done
+                workers = self.wanted(out)
+                while workers > 1 and running and spent + self.cost(out, workers) > self.budget:
+                    workers -= 1  # fewer cores where that fits the budget
+                todo.remove(out)
+                cost = self.cost(out, workers)
+                running[start(out, workers)] = (out, cost)
+                spent += cost
+            done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                out, cost = running.pop(future)
+                finish(out, future.result())
+                spent -= cost
 
 
 def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_lines: list[str] = (),
@@ -180,35 +245,30 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                            max_shard_bytes=max_shard_bytes, metadata={"audobon": "assembled"})
     total = sum(OutTensor(o.name, o.dtype, o.shape).nbytes for o in plan.outputs)
     try:
-        # Two outputs are merged at once on a CPU, each with half the cores, unless the method
-        # sorts (memory first); results are written in plan order.
-        window = 1 if (device != "cpu" or len(plan.outputs) < 2
-                       or any(o.method in SORTING_METHODS for o in plan.outputs)) else CPU_WINDOW
+        # On a CPU several outputs are merged at once (each torch op then gets fewer cores), and a
+        # sorting method sorts its models' task vectors side by side, one core each; how much runs
+        # at once is capped by a memory budget, so the peak stays that of the plan's largest
+        # tensor. Results are written in plan order.
         threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, threads // window))
+        cpu = device == "cpu"
+        torch.set_num_threads(max(1, threads // CPU_WINDOW) if cpu else threads)
         try:
-            with torch.no_grad(), ThreadPoolExecutor(max_workers=window) as pool:
-                todo = iter(plan.outputs)
-                pending: deque = deque()
-
-                def submit() -> None:
-                    out = next(todo, None)
-                    if out is not None:
-                        pending.append((out, pool.submit(_merge_one, out, inputs, plan, device, compute)))
-
-                for _ in range(window):
-                    submit()
+            with torch.no_grad(), ThreadPoolExecutor(max_workers=CPU_WINDOW if cpu else 1) as pool:
                 done = 0
-                while pending:
-                    if reporter.cancelled():
-                        raise JobCancelled
-                    out, future = pending.popleft()
-                    merged = future.result()
-                    submit()
+
+                def start(out: OutputTensor, workers: int):
+                    return pool.submit(_merge_one, out, inputs, plan, device, compute, workers)
+
+                def finish(out: OutputTensor, merged) -> None:
+                    nonlocal done
                     writer.write(out.name, merged.view(torch.uint8).numpy() if merged.numel() else b"")
                     done += 1
                     elapsed = max(time.monotonic() - started, 1e-6)
                     reporter.step(done, len(plan.outputs), mb_s=writer.bytes_written / elapsed / 1e6)
+
+                schedule = _Schedule(plan.outputs, cores=threads if cpu else 1,
+                                     at_once=CPU_WINDOW if cpu else 1)
+                schedule.run(start, finish, reporter.cancelled)
         finally:
             torch.set_num_threads(threads)
         files = writer.close()

@@ -1,8 +1,9 @@
 """Writing a model's tensors as sharded safetensors, one tensor at a time.
 
 The executor knows every output tensor's name, dtype and shape from the plan before it
-computes any of them, so each shard's header is written first and the data streams in
-after it: memory holds one tensor, never a shard or a model. Files go into a folder the
+computes any of them, so each shard's header and every tensor's place are fixed up front and
+each tensor is written to its place when it is ready, in whatever order they come: memory
+holds the tensors being computed, never a shard or a model. Files go into a folder the
 caller renames into place when everything is written (temp + rename).
 """
 
@@ -74,9 +75,9 @@ def _header(shard: _Shard, metadata: dict[str, str]) -> bytes:
 
 
 class ShardedWriter:
-    """`write(name, data)` each tensor in plan order; `close()` checks that all came and
-    writes the index. `data` is the tensor's raw little-endian bytes (a memoryview or
-    bytes-like object)."""
+    """`write(name, data)` each planned tensor once, in any order; `close()` checks that all
+    came, syncs the files and writes the index. `data` is the tensor's raw little-endian bytes
+    (a memoryview or bytes-like object)."""
 
     def __init__(self, folder: Path, tensors: list[OutTensor], *,
                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, metadata: dict[str, str] | None = None):
@@ -88,49 +89,53 @@ class ShardedWriter:
             raise WriterError(f"tensor {dup!r} is written twice")
         self.shards = plan_shards(tensors, max_shard_bytes)
         self.metadata = {"format": "pt", **(metadata or {})}
-        self._order = [(si, t) for si, s in enumerate(self.shards) for t in s.tensors]
-        self._next = 0
-        self._fh = None
-        self._shard_index = -1
+        self._headers = [_header(shard, self.metadata) for shard in self.shards]
+        # name -> (shard, absolute offset in its file, the tensor)
+        self._places: dict[str, tuple[int, int, OutTensor]] = {}
+        for index, (shard, header) in enumerate(zip(self.shards, self._headers, strict=True)):
+            offset = len(header)
+            for t in shard.tensors:
+                self._places[t.name] = (index, offset, t)
+                offset += t.nbytes
+        self._written: set[str] = set()
+        self._fds: dict[int, int] = {}
         self.bytes_written = 0
 
-    def _open(self, index: int) -> None:
-        if self._fh is not None:
-            self._finish_file()
-        shard = self.shards[index]
-        self._fh = open(self.folder / shard.file, "wb")  # noqa: SIM115 - closed in _finish_file
-        self._fh.write(_header(shard, self.metadata))
-        self._shard_index = index
-
-    def _finish_file(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        self._fh = None
+    def _fd(self, index: int) -> int:
+        fd = self._fds.get(index)
+        if fd is None:
+            fd = os.open(self.folder / self.shards[index].file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fds[index] = fd
+            _write_all(fd, memoryview(self._headers[index]), 0)
+            # The full size at once: the tensors fill it in any order.
+            os.ftruncate(fd, len(self._headers[index]) + self.shards[index].nbytes)
+        return fd
 
     def write(self, name: str, data) -> None:
-        if self._next >= len(self._order):
-            raise WriterError(f"tensor {name!r} is not in the plan, or comes after the last one")
-        shard_index, expected = self._order[self._next]
-        if name != expected.name:
-            raise WriterError(f"expected tensor {expected.name!r} next, got {name!r}")
+        place = self._places.get(name)
+        if place is None:
+            raise WriterError(f"tensor {name!r} is not in the plan")
+        if name in self._written:
+            raise WriterError(f"tensor {name!r} is written twice")
+        index, offset, expected = place
         view = memoryview(data).cast("B")
         if view.nbytes != expected.nbytes:
             raise WriterError(f"tensor {name!r}: {view.nbytes} bytes, the plan says {expected.nbytes} "
                               f"({expected.dtype} {list(expected.shape)})")
-        if shard_index != self._shard_index:
-            self._open(shard_index)
-        self._fh.write(view)
+        _write_all(self._fd(index), view, offset)
+        self._written.add(name)
         self.bytes_written += view.nbytes
-        self._next += 1
 
     def close(self) -> list[str]:
         """Finish; returns the files written. Raises if a planned tensor never came."""
-        if self._next != len(self._order):
-            missing = self._order[self._next][1].name
-            raise WriterError(f"{len(self._order) - self._next} tensors never written, first {missing!r}")
-        if self._fh is not None:
-            self._finish_file()
+        missing = [t.name for s in self.shards for t in s.tensors if t.name not in self._written]
+        if missing:
+            raise WriterError(f"{len(missing)} tensors never written, first {missing[0]!r}")
+        for index in range(len(self.shards)):
+            fd = self._fd(index)  # a shard of empty tensors only is still a file
+            os.fsync(fd)
+            os.close(fd)
+            del self._fds[index]
         files = [s.file for s in self.shards]
         if len(self.shards) > 1:
             index = {"metadata": {"total_size": sum(s.nbytes for s in self.shards)},
@@ -140,6 +145,12 @@ class ShardedWriter:
         return files
 
     def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -24,6 +24,7 @@ class Graft(MethodSpec):
         global_params: dict[str, Any],
         *,
         generator: torch.Generator | None,
+        workers: int = 1,
     ) -> torch.Tensor:
         return tensors[0]  # shapes were checked against the base in merge()
 

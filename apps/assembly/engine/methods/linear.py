@@ -29,6 +29,7 @@ class Linear(MethodSpec):
         global_params: dict[str, Any],
         *,
         generator: torch.Generator | None,
+        workers: int = 1,
     ) -> torch.Tensor:
         import torch
 

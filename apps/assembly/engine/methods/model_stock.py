@@ -54,6 +54,7 @@ class ModelStock(MethodSpec):
         global_params: dict[str, Any],
         *,
         generator: torch.Generator | None,
+        workers: int = 1,
     ) -> torch.Tensor:
         assert base is not None
         return model_stock(base, tensors, filter_wise=global_params["filter_wise"])

@@ -54,6 +54,7 @@ class NuSlerp(MethodSpec):
         global_params: dict[str, Any],
         *,
         generator: torch.Generator | None,
+        workers: int = 1,
     ) -> torch.Tensor:
         w0, w1 = per_model[0]["weight"], per_model[1]["weight"]
         total = w0 + w1

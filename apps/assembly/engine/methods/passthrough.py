@@ -23,6 +23,7 @@ class Passthrough(MethodSpec):
         global_params: dict[str, Any],
         *,
         generator: torch.Generator | None,
+        workers: int = 1,
     ) -> torch.Tensor:
         scale = per_model[0]["scale"]
         return tensors[0] if scale is None else tensors[0] * scale

@@ -72,6 +72,7 @@ class Slerp(MethodSpec):
         global_params: dict[str, Any],
         *,
         generator: torch.Generator | None,
+        workers: int = 1,
     ) -> torch.Tensor:
         assert base is not None
         return slerp(global_params["t"], base, tensors[0])

@@ -6,10 +6,18 @@ Each keeps a `density` share of the entries; with `rescale` the kept entries are
 L1 norm matches the unpruned vector's (mergekit's only rescale norm for these methods).
 The torch calls (argsort/sort and their tie order, the work dtypes) are mergekit's, so the same
 entries are kept.
+
+Magnitudes are ranked the way mergekit ranks them (a descending argsort of float32 magnitudes on a
+CPU), but on a CPU the sort runs over the magnitudes' bit patterns as integers: for non-negative
+floats these order exactly as the values do, so the same sort algorithm makes the same comparisons
+and returns the same permutation, ties included, while integers compare faster and (for 16-bit
+types) take half the memory. A self-check at first use falls back to float keys on a torch
+whose sort would tell the two apart.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -20,21 +28,70 @@ Pruning = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
 RESCALE_EPS = 1e-7  # below this L1 norm, rescaling would blow up noise: keep the plain mask
 
 
-def masked(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    kept = delta * mask
+def masked(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, inplace: bool = False) -> torch.Tensor:
+    """delta * mask (into `delta` itself with `inplace`), rescaled to the L1 norm it had."""
+    before = delta.abs().sum() if rescale else None
+    kept = delta.mul_(mask) if inplace else delta * mask
     if not rescale:
         return kept
-    before = delta.abs().sum()
     after = kept.abs().sum()
     if before < RESCALE_EPS or after < RESCALE_EPS:
         return kept
-    return kept * (before / after)
+    return kept.mul_(before / after) if inplace else kept * (before / after)
 
 
 def _scores(delta: torch.Tensor) -> torch.Tensor:
     """Flat magnitudes to rank; on CPU in float32, as half types sort poorly (and as mergekit)."""
     scores = delta.abs().reshape(-1)
     return scores.float() if scores.device.type == "cpu" else scores
+
+
+def _integer_keys(scores: torch.Tensor) -> torch.Tensor | None:
+    """Integer keys that sort exactly as `scores.float()` (non-negative, NaN-free); None when
+    there are none: a NaN (whose payloads would order apart), a type without a fitting view."""
+    import torch
+
+    if scores.dtype in (torch.bfloat16, torch.float16):
+        keys = scores.view(torch.int16)  # float32 holds these exactly: the same order
+    elif scores.dtype in (torch.float32, torch.float64):
+        keys = scores.float().view(torch.int32)  # mergekit ranks float64 rounded to float32
+    else:
+        return None
+    if torch.isnan(scores).any():
+        return None
+    return keys
+
+
+@functools.cache
+def _integer_keys_sort_alike() -> bool:
+    """Whether this torch's CPU argsort orders integer keys with the very permutation it gives
+    the floats they stand for (ties included), on an input full of ties."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    for count in (7, 100, 5_000, 200_003):
+        values = (torch.randn(count, generator=generator) * 0.01).to(torch.bfloat16).abs()
+        values[::17] = 0
+        keys = _integer_keys(values)
+        floats = values.float()
+        if keys is None or not torch.equal(torch.argsort(keys, descending=True),
+                                           torch.argsort(floats, descending=True)):
+            return False
+        if not torch.equal(torch.argsort(_integer_keys(floats), descending=True),
+                           torch.argsort(floats, descending=True)):
+            return False
+    return True
+
+
+def largest_first(magnitudes: torch.Tensor) -> torch.Tensor:
+    """Indices of the flat, non-negative `magnitudes` from largest to smallest, in the order
+    mergekit's `argsort(magnitudes.float(), descending=True)` gives them."""
+    import torch
+
+    if magnitudes.device.type == "cpu":
+        keys = _integer_keys(magnitudes) if _integer_keys_sort_alike() else None
+        return torch.argsort(magnitudes.float() if keys is None else keys, descending=True)
+    return torch.argsort(magnitudes, descending=True)
 
 
 def _mask_work_dtype(delta: torch.Tensor) -> torch.dtype:
@@ -46,19 +103,22 @@ def _mask_work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def by_magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """Keep the `density` share of largest magnitudes, at least one entry."""
+def by_magnitude(delta: torch.Tensor, density: float, rescale: bool, inplace: bool = False) -> torch.Tensor:
+    """Keep the `density` share of largest magnitudes, at least one entry. With `inplace` the
+    result is written over `delta` (less memory; the same numbers)."""
     import torch
 
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
+        return delta.zero_() if inplace else torch.zeros_like(delta)
     keep = max(1, int(density * delta.numel()))
-    largest_first = torch.argsort(_scores(delta), descending=True)
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[largest_first[:keep]] = 1
-    return masked(delta, mask.reshape_as(delta), rescale)
+    magnitudes = delta.abs().reshape(-1)
+    order = largest_first(magnitudes)
+    mask = magnitudes.zero_()  # the magnitudes' memory, no longer needed, holds the mask
+    mask[order[:keep]] = 1
+    del order
+    return masked(delta, mask.reshape_as(delta), rescale, inplace)
 
 
 def by_magnitude_without_outliers(
@@ -132,9 +192,11 @@ def prune(
     gamma: float = 0.0,
     epsilon: float = 0.0,
     generator: torch.Generator | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
+    """The pruned task vector; with `inplace` it may be written over `delta` (and returned)."""
     if kind == "magnitude":
-        return by_magnitude(delta, density, rescale)
+        return by_magnitude(delta, density, rescale, inplace)
     if kind == "random":
         return at_random(delta, density, rescale, generator)
     if kind == "magnitude_outliers":

@@ -125,6 +125,7 @@ class MergeMethod(Protocol):
         global_params: Mapping[str, Any],
         *,
         generator: torch.Generator | None = None,
+        workers: int = 1,
     ) -> torch.Tensor: ...
 
 
@@ -145,6 +146,11 @@ class MethodSpec(ABC):
     floating_only: bool = True
     promote_dtypes: bool = True  # graft keeps the donor's tensor exactly as it is
     reference: str = ""
+
+    @property
+    def splits_by_model(self) -> bool:
+        """Whether `compute` can use `workers` threads, one per model, with the same result."""
+        return False
 
     @property
     def needs_base(self) -> bool:
@@ -242,12 +248,15 @@ class MethodSpec(ABC):
         global_params: Mapping[str, Any],
         *,
         generator: torch.Generator | None = None,
+        workers: int = 1,
     ) -> torch.Tensor:
         """One output tensor. `generator` drives the random methods (see `tensor_generator`);
-        without it they draw from torch's global generator, like mergekit."""
+        without it they draw from torch's global generator, like mergekit. `workers`: how many
+        threads a method may use for independent parts (the result does not depend on it)."""
         resolved_global, resolved_models = self.resolve(global_params, per_model)
         aligned, aligned_base = self._check_tensors(list(tensors), base, len(resolved_models))
-        return self.compute(aligned, aligned_base, resolved_models, resolved_global, generator=generator)
+        return self.compute(aligned, aligned_base, resolved_models, resolved_global, generator=generator,
+                            workers=workers)
 
     @abstractmethod
     def compute(
@@ -258,6 +267,7 @@ class MethodSpec(ABC):
         global_params: dict[str, Any],
         *,
         generator: torch.Generator | None,
+        workers: int = 1,
     ) -> torch.Tensor:
         """The method's math on already-checked tensors (each method's module defines it)."""
 
