@@ -161,17 +161,13 @@ def test_schedule_gives_a_lone_output_the_cores_of_its_share():
     assert plain.wanted(plain.outputs[0]) == 1  # linear has nothing to split
 
 
-def test_equal_sorting_outputs_run_one_at_a_time_memory_first():
-    schedule = _Schedule([_out(f"t.{i}", 100) for i in range(4)], cores=2, at_once=2)
-    rec = _Recorder(schedule)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        schedule.run(rec.start(pool), rec.finish, lambda: False)
-    assert rec.most_at_once == 1 and len(rec.finished) == 4
-    linear = _Schedule([_out(f"t.{i}", 100, method="linear") for i in range(4)], cores=2, at_once=2)
-    rec = _Recorder(linear)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        linear.run(rec.start(pool), rec.finish, lambda: False)
-    assert rec.most_at_once == 2  # no sort: two at once, as before
+def test_equal_outputs_run_two_at_once():
+    for method in ("ties", "linear"):
+        schedule = _Schedule([_out(f"t.{i}", 100, method=method) for i in range(4)], cores=2, at_once=2)
+        rec = _Recorder(schedule)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            schedule.run(rec.start(pool), rec.finish, lambda: False)
+        assert rec.most_at_once == 2 and len(rec.finished) == 4
 
 
 def test_schedule_stops_when_cancelled():

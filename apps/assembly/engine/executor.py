@@ -8,6 +8,9 @@ applied), whatever the model's size. CUDA is used when there is one.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import math
 import os
@@ -38,6 +41,7 @@ SIDE_FILES = ("generation_config.json",)
 CPU_WINDOW = 2  # outputs merged at once on a CPU
 # Methods whose pruning holds several full-size work tensors per task vector (sort keys and
 # int64 indices, or float32 draw probabilities): the schedule counts them SORT_COST times.
+TRIM_SHARE = 16  # after an output costing 1/TRIM_SHARE of the budget or more, free memory goes back
 SORT_COST = 6  # their working memory per element and core, in elements of a 16-bit tensor
 SORTING_METHODS = frozenset({"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
                              "della", "della_linear"})
@@ -160,13 +164,34 @@ def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, comp
     return merged.to(_torch_dtype(out.dtype)).contiguous().cpu()
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library, another system)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _return_free_memory() -> None:
+    """Hand the memory a finished output freed back to the system. glibc keeps freed blocks
+    in per-thread arenas for reuse; with outputs of very different sizes merged on several
+    threads those pile up, and the process's footprint grows well past what it ever uses at
+    once."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class _Schedule:
     """Which outputs run at once, with how many cores each, largest first.
 
     Costs are in tensor elements of working memory: an output takes its element count, and a
     sorting method SORT_COST times that for each core it works on. The budget is what the plan's
-    most expensive output needs on its own (at least two of the largest plain outputs), plus a
-    quarter: smaller outputs run beside a large one only within it. Largest first, so the
+    most expensive output needs on its own plus a quarter, or two typical (median) outputs if
+    that is more: smaller outputs run beside a large one only within it, and a plan of equal
+    outputs still runs two at once. Largest first, so the
     long outputs overlap the many short ones instead of running alone at the end; results are
     written as they come (the writer puts each in its planned place).
     """
@@ -174,9 +199,9 @@ class _Schedule:
     def __init__(self, outputs: list[OutputTensor], *, cores: int, at_once: int):
         self.cores, self.at_once = max(1, cores), max(1, at_once)
         self.outputs = sorted(outputs, key=lambda o: self.cost(o, 1), reverse=True)
-        alone = [self.cost(o, 1) for o in outputs]
-        plain = [math.prod(o.shape) for o in outputs if o.method not in SORTING_METHODS]
-        self.budget = max([*alone, 2 * max(plain, default=0)], default=0) * 5 // 4
+        alone = sorted(self.cost(o, 1) for o in outputs)
+        typical = alone[len(alone) // 2] if alone else 0
+        self.budget = max(max(alone, default=0) * 5 // 4, 2 * typical)
 
     @staticmethod
     def splits(out: OutputTensor) -> bool:
@@ -262,6 +287,8 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                 def finish(out: OutputTensor, merged) -> None:
                     nonlocal done
                     writer.write(out.name, merged.view(torch.uint8).numpy() if merged.numel() else b"")
+                    if cpu and schedule.cost(out, 1) * TRIM_SHARE >= schedule.budget:
+                        _return_free_memory()
                     done += 1
                     elapsed = max(time.monotonic() - started, 1e-6)
                     reporter.step(done, len(plan.outputs), mb_s=writer.bytes_written / elapsed / 1e6)
