@@ -151,7 +151,8 @@ def main() -> None:
                        check=True)
         size = (tmp / "models" / "base" / "model.safetensors").stat().st_size
         print(f"models: 3 x {size / 1e9:.2f} GB bf16 ({size // 2 / 1e6:.0f} M parameters each)")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        paths = [str(REPO), os.environ.get("PYTHONPATH")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
         for method in args.methods:
             m = tmp / "models"
             recipe = tmp / f"{method}.yaml"

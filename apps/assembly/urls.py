@@ -6,5 +6,6 @@ app_name = "assembly"
 urlpatterns = [
     path("", views.editor, name="index"),
     path("plan/", views.plan, name="plan"),
+    path("gradient/", views.gradient, name="gradient"),
     path("run/", views.run, name="run"),
 ]

@@ -5,6 +5,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from apps.assembly import services
+from apps.assembly.engine.gradients import GradientError, find_gradients, parse_points, resample, set_gradient
 from apps.assembly.engine.plan import PlanError
 from apps.assembly.engine.recipe import RecipeError
 from apps.assembly.models import Recipe
@@ -74,17 +75,21 @@ def _gradient_chart(plan: dict) -> str:
 
 def _plan_context(text: str) -> dict:
     try:
+        gradients = find_gradients(text)
+    except GradientError:
+        gradients = []
+    try:
         plan = services.recipe_plan(text)
     except (RecipeError, PlanError) as exc:
         problems = getattr(exc, "problems", None) or [str(exc)]
-        return {"problems": problems}
+        return {"problems": problems, "gradients": gradients}
     except (OSError, ValueError) as exc:
-        return {"problems": [str(exc)]}
+        return {"problems": [str(exc)], "gradients": gradients}
     data = plan.to_json()
     by_method: dict[str, int] = {}
     for out in data["outputs"]:
         by_method[out["method"]] = by_method.get(out["method"], 0) + 1
-    return {"plan": data, "by_method": by_method,
+    return {"plan": data, "by_method": by_method, "gradients": gradients,
             "gradient_svg": mark_safe(_gradient_chart(data))}  # noqa: S308 - numbers and escaped names
 
 
@@ -103,6 +108,27 @@ def editor(request):
 def plan(request):
     """The plan panel, re-rendered as the recipe is typed."""
     return render(request, "assembly/_plan.html", _plan_context(request.POST.get("recipe", "")))
+
+
+@login_required
+@require_POST
+def gradient(request):
+    """One gradient edited in place: its points set, or one more or fewer (the same curve,
+    resampled). Answers the plan panel and, out of band, the rewritten recipe."""
+    text = request.POST.get("recipe", "")
+    path, row, op = request.POST.get("path", ""), request.POST.get("row", ""), request.POST.get("op", "set")
+    error = None
+    try:
+        values = parse_points(request.POST.getlist(f"v-{row}"))
+        if op in ("add", "remove"):
+            values = resample(values, len(values) + (1 if op == "add" else -1))
+        text = set_gradient(text, path, values)
+    except GradientError as exc:  # a bad number, a point count out of range, no such gradient
+        error = f"{path}: {exc}" if not str(exc).startswith(path) else str(exc)
+    ctx = {"text": text, **_plan_context(text)}
+    if error:
+        ctx["gradient_error"] = error
+    return render(request, "assembly/_gradient_update.html", ctx)
 
 
 @login_required

@@ -39,6 +39,18 @@ def test_recipe_plan_run_result(server, browser):
     expect(page.locator("#plan-facts")).to_contain_text("linear", timeout=TIMEOUT_MS)
     expect(page.locator("#plan-outputs")).to_contain_text("4 layers")
 
+    # A gradient: its points are edited on the page; the recipe and the plot follow.
+    editor.fill(RECIPE.replace("{weight: 0.6}", "{weight: [0.2, 0.6]}"))
+    row = page.locator('.gradient-row[data-path="models.1.parameters.weight"]')
+    expect(row).to_contain_text("model demo-llama-tune-late", timeout=TIMEOUT_MS)
+    row.get_by_label("point 2 of 2").fill("0.9")
+    row.get_by_label("point 2 of 2").press("Tab")
+    expect(editor).to_have_value(re.compile(r"weight: \[0\.2, 0\.9\]"), timeout=TIMEOUT_MS)
+    expect(page.locator("#gradient-chart svg")).to_be_visible()
+    page.locator('.gradient-row[data-path="models.1.parameters.weight"] button', has_text="+ point").click()
+    expect(editor).to_have_value(re.compile(r"weight: \[0\.2, 0\.55, 0\.9\]"), timeout=TIMEOUT_MS)
+    expect(page.locator('.gradient-row[data-path="models.1.parameters.weight"] input')).to_have_count(3)
+
     page.fill("#result-name", "even-late-mix")
     page.click("#run-recipe")
     expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
