@@ -31,6 +31,7 @@ from apps.registry.engine.types import ModelFiles, TensorInfo
 from .methods.registry import get_method
 from .plan import OutputTensor, Plan
 from .recipe import DTYPES
+from .vocabulary import OutputVocabulary, VocabularyError, build_vocabulary, permute
 from .writer import DEFAULT_SHARD_BYTES, OutTensor, ShardedWriter
 
 TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -139,20 +140,27 @@ class _Inputs:
 
 
 def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, compute_dtype,
-               workers: int = 1):
+               workers: int = 1, vocabulary: OutputVocabulary | None = None):
     from .methods.spec import tensor_generator
 
     method = get_method(out.method)
-    loaded = [inputs.tensor(s.model, s.tensor) for s in out.sources]
 
     def ready(t):
         t = t.to(device)
         return t.to(compute_dtype) if compute_dtype is not None and t.is_floating_point() else t
 
+    loaded = [ready(inputs.tensor(s.model, s.tensor)) for s in out.sources]
+    if vocabulary is not None and out.embedding:
+        # Rows follow tokens: each model's re-ordered to the output vocabulary first.
+        try:
+            by_model = permute(vocabulary, dict(zip((s.model for s in out.sources), loaded, strict=True)))
+        except VocabularyError as exc:
+            raise ExecutionError(f"{out.name}: {exc}") from exc
+        loaded = [by_model[s.model] for s in out.sources]
     pairs = list(zip(out.sources, loaded, strict=True))
     model_src = [s for s, _ in pairs if s.role != "base"]
-    tensors = [ready(t) for s, t in pairs if s.role != "base"]
-    base = next((ready(t) for s, t in pairs if s.role == "base"), None)
+    tensors = [t for s, t in pairs if s.role != "base"]
+    base = next((t for s, t in pairs if s.role == "base"), None)
     generator = None
     if not method.deterministic:
         generator = tensor_generator(plan.recipe.random_seed or 0, out.name, device=device)
@@ -253,13 +261,10 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
     import torch
 
     reporter = reporter or NullReporter()
-    if plan.tokenizer.get("rebuilt"):
-        raise ExecutionError(f"tokenizer_source {plan.tokenizer.get('source')!r} needs the embeddings "
-                             "re-mapped to a new vocabulary, which this version does not do yet; use a "
-                             "recipe whose models share one tokenizer")
     dest = Path(dest)
     if dest.exists():
         raise ExecutionError(f"{dest} already exists")
+    vocabulary = _output_vocabulary(plan) if plan.tokenizer.get("rebuilt") else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     compute = _torch_dtype(DTYPES[plan.recipe.dtype]) if plan.recipe.dtype else None
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
@@ -282,7 +287,7 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                 done = 0
 
                 def start(out: OutputTensor, workers: int):
-                    return pool.submit(_merge_one, out, inputs, plan, device, compute, workers)
+                    return pool.submit(_merge_one, out, inputs, plan, device, compute, workers, vocabulary)
 
                 def finish(out: OutputTensor, merged) -> None:
                     nonlocal done
@@ -299,7 +304,7 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
         finally:
             torch.set_num_threads(threads)
         files = writer.close()
-        _write_side_files(plan, tmp, recipe_text, card_lines)
+        _write_side_files(plan, tmp, recipe_text, card_lines, vocabulary)
         os.rename(tmp, dest)
     except BaseException:
         writer.abort()
@@ -310,12 +315,33 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
     return RunResult(dest, files, len(plan.outputs), total, time.monotonic() - started, device)
 
 
-def _write_side_files(plan: Plan, folder: Path, recipe_text: str | None, card_lines) -> None:
+def _output_vocabulary(plan: Plan) -> OutputVocabulary:
+    """The rebuilt vocabulary; the plan's embedding rows and vocab_size follow its exact size
+    (the plan counted tokens without loading the tokenizers)."""
+    try:
+        vocabulary = build_vocabulary(plan)
+    except (VocabularyError, OSError, ValueError) as exc:
+        raise ExecutionError(f"building the output tokenizer: {exc}") from exc
+    for out in plan.outputs:
+        if out.embedding and out.shape[0] != vocabulary.rows:
+            out.shape = (vocabulary.rows, *out.shape[1:])
+    if "vocab_size" in plan.config:
+        plan.config["vocab_size"] = vocabulary.rows
+    plan.tokenizer.update({"vocab_size": len(vocabulary.vocab), "embedding_rows": vocabulary.rows,
+                           "estimated": False})
+    return vocabulary
+
+
+def _write_side_files(plan: Plan, folder: Path, recipe_text: str | None, card_lines,
+                      vocabulary: OutputVocabulary | None = None) -> None:
     (folder / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True))
     by_ref = {m.ref: m for m in plan.models}
     origin = by_ref.get(plan.tokenizer.get("from"))
+    if vocabulary is not None:
+        vocabulary.save(folder)
     if origin is not None:
-        for name in [*(plan.tokenizer.get("files") or []), *SIDE_FILES]:
+        copied = SIDE_FILES if vocabulary is not None else [*(plan.tokenizer.get("files") or []), *SIDE_FILES]
+        for name in copied:
             src = Path(origin.path) / name
             if src.is_file():
                 shutil.copyfile(src, folder / name)

@@ -916,10 +916,7 @@ class _Planner:
                 out.note = f"rows permuted to the output tokenizer ({kind})"
             tokenizer = {"source": str(source), "from": origin.key, "rebuilt": True,
                          "files": list(origin.files.tokenizer.get("files") or [])}
-            self.warnings.append(
-                f"tokenizer_source {str(source)!r}: the output vocabulary is planned above, but this version "
-                "cannot yet re-map the embeddings to it, so running this recipe is refused; merge models "
-                "that share one tokenizer, or leave tokenizer_source out")
+
         embed_out = next((o for o in embeds if o.group == "pre"), None)
         head_out = next((o for o in embeds if o.group == "post"), None)
         if embed_out and head_out and embed_out.shape[0] != head_out.shape[0]:
