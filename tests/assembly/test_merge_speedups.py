@@ -88,6 +88,31 @@ def test_ties_side_by_side_equals_mergekits_formula_bit_for_bit(workers):
     assert all(torch.equal(a, b) for a, b in zip(inputs, models, strict=True))  # inputs untouched
 
 
+@pytest.mark.parametrize("name", ["ties", "dare_ties", "task_arithmetic", "linear", "slerp"])
+def test_handing_the_inputs_over_changes_nothing_but_the_callers_list(name):
+    from apps.assembly.engine.methods.spec import tensor_generator
+
+    method = get_method(name)
+    base = _tied(40 * 30, torch.bfloat16, seed=5).reshape(40, 30) * 10
+    count = 1 if method.max_models == 1 else 2
+    models = [base + _tied(base.numel(), torch.bfloat16, seed=6 + i).reshape(40, 30) for i in range(count)]
+    known = set(method.tensor_params)
+    per_model = [{k: v for k, v in {"weight": 0.5, "density": 0.6}.items() if k in known}] * count
+    params = {"t": 0.4} if "t" in method.global_params else {}
+    use_base = base if method.base_policy == "required" else None
+
+    def run(consume):
+        handed = [m.clone() for m in models]
+        gen = None if method.deterministic else tensor_generator(9, "x")
+        out = method.merge(handed, use_base, per_model, params, generator=gen, consume=consume)
+        return out, handed
+
+    kept_out, kept = run(False)
+    given_out, given = run(True)
+    assert torch.equal(kept_out, given_out)
+    assert len(kept) == count and given == []  # handed over: the caller's list is emptied
+
+
 def test_only_order_free_pruning_splits_by_model():
     assert get_method("ties").splits_by_model and get_method("breadcrumbs_ties").splits_by_model
     assert not get_method("dare_ties").splits_by_model  # one generator, drawn in model order

@@ -157,15 +157,16 @@ def _merge_one(out: OutputTensor, inputs: _Inputs, plan: Plan, device: str, comp
         except VocabularyError as exc:
             raise ExecutionError(f"{out.name}: {exc}") from exc
         loaded = [by_model[s.model] for s in out.sources]
-    pairs = list(zip(out.sources, loaded, strict=True))
-    model_src = [s for s, _ in pairs if s.role != "base"]
-    tensors = [t for s, t in pairs if s.role != "base"]
-    base = next((t for s, t in pairs if s.role == "base"), None)
+        del by_model
+    model_src = [s for s in out.sources if s.role != "base"]
+    tensors = [t for s, t in zip(out.sources, loaded, strict=True) if s.role != "base"]
+    base = next((t for s, t in zip(out.sources, loaded, strict=True) if s.role == "base"), None)
+    del loaded  # the method is handed the only list of the models' tensors, to free them early
     generator = None
     if not method.deterministic:
         generator = tensor_generator(plan.recipe.random_seed or 0, out.name, device=device)
     merged = method.merge(tensors, base, [s.params for s in model_src], out.params, generator=generator,
-                          workers=workers)
+                          workers=workers, consume=True)
     if tuple(merged.shape) != tuple(out.shape):
         raise ExecutionError(f"{out.name}: {out.method} gave shape {list(merged.shape)}, the plan says "
                              f"{list(out.shape)}")
@@ -207,6 +208,8 @@ class _Schedule:
     def __init__(self, outputs: list[OutputTensor], *, cores: int, at_once: int):
         self.cores, self.at_once = max(1, cores), max(1, at_once)
         self.outputs = sorted(outputs, key=lambda o: self.cost(o, 1), reverse=True)
+        self._todo: deque = deque()
+        self._running: dict = {}
         alone = sorted(self.cost(o, 1) for o in outputs)
         typical = alone[len(alone) // 2] if alone else 0
         self.budget = max(max(alone, default=0) * 5 // 4, 2 * typical)
@@ -227,10 +230,16 @@ class _Schedule:
             return 1
         return max(1, min(self.cores // self.at_once, sum(s.role != "base" for s in out.sources)))
 
+    def large_ahead(self) -> bool:
+        """Whether an output of a quarter of the budget or more is running or still to start."""
+        return any(self.cost(o, 1) * 4 >= self.budget
+                   for o in [*self._todo, *(out for out, _ in self._running.values())])
+
     def run(self, start, finish, cancelled) -> None:
         """start(out, workers) -> future; finish(out, result) as each is done."""
-        todo = deque(self.outputs)
+        todo = self._todo = deque(self.outputs)
         running: dict = {}  # future -> (out, cost)
+        self._running = running
         spent = 0
         while todo or running:
             if cancelled():
@@ -292,7 +301,9 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                 def finish(out: OutputTensor, merged) -> None:
                     nonlocal done
                     writer.write(out.name, merged.view(torch.uint8).numpy() if merged.numel() else b"")
-                    if cpu and schedule.cost(out, 1) * TRIM_SHARE >= schedule.budget:
+                    # Only while a large output is still running or to come: the peak is theirs.
+                    sizable = schedule.cost(out, 1) * TRIM_SHARE >= schedule.budget
+                    if cpu and sizable and schedule.large_ahead():
                         _return_free_memory()
                     done += 1
                     elapsed = max(time.monotonic() - started, 1e-6)

@@ -94,17 +94,30 @@ class GeneralizedTaskArithmetic(MethodSpec):
         assert base is not None
         deltas = base.new_empty((len(tensors), *base.shape))
 
+        # Every task vector first, straight into its row where no dtype promotion is involved,
+        # each model's tensor let go as soon as it is used (merge's own list; the caller's copy
+        # too when it handed it over): the sorts below then run with one full-size tensor per
+        # model fewer alive.
+        promoted: dict[int, torch.Tensor] = {}
+        for index in range(len(tensors)):
+            if tensors[index].dtype == base.dtype:
+                torch.sub(tensors[index], base, out=deltas[index])
+            else:
+                promoted[index] = tensors[index] - base
+            tensors[index] = None
+
         def task_vector(index: int) -> None:
+            if self.pruning is None:
+                if index in promoted:
+                    deltas[index] = promoted.pop(index)
+                return
             values = per_model[index]
-            # Straight into its row when no dtype promotion is involved: one full-size tensor less.
-            inplace = tensors[index].dtype == base.dtype
-            delta = torch.sub(tensors[index], base, out=deltas[index]) if inplace else tensors[index] - base
-            if self.pruning is not None:
-                delta = prune(
-                    self.pruning, delta, density=values["density"], rescale=global_params["rescale"],
-                    gamma=values.get("gamma", 0.0), epsilon=values.get("epsilon", 0.0), generator=generator,
-                    inplace=inplace,
-                )
+            own = index not in promoted
+            delta = prune(
+                self.pruning, deltas[index] if own else promoted.pop(index), density=values["density"],
+                rescale=global_params["rescale"], gamma=values.get("gamma", 0.0),
+                epsilon=values.get("epsilon", 0.0), generator=generator, inplace=own,
+            )
             if delta.data_ptr() != deltas[index].data_ptr():
                 deltas[index] = delta
 

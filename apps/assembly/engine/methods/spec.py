@@ -126,6 +126,7 @@ class MergeMethod(Protocol):
         *,
         generator: torch.Generator | None = None,
         workers: int = 1,
+        consume: bool = False,
     ) -> torch.Tensor: ...
 
 
@@ -249,12 +250,18 @@ class MethodSpec(ABC):
         *,
         generator: torch.Generator | None = None,
         workers: int = 1,
+        consume: bool = False,
     ) -> torch.Tensor:
         """One output tensor. `generator` drives the random methods (see `tensor_generator`);
         without it they draw from torch's global generator, like mergekit. `workers`: how many
-        threads a method may use for independent parts (the result does not depend on it)."""
+        threads a method may use for independent parts (the result does not depend on it).
+        `consume`: the caller hands its list over (it is emptied), so a method may free each
+        model's tensor once it has used it."""
         resolved_global, resolved_models = self.resolve(global_params, per_model)
         aligned, aligned_base = self._check_tensors(list(tensors), base, len(resolved_models))
+        if consume and isinstance(tensors, list):
+            tensors.clear()
+        # `aligned` is this call's own list: `compute` may drop its entries as it goes.
         return self.compute(aligned, aligned_base, resolved_models, resolved_global, generator=generator,
                             workers=workers)
 
