@@ -6,7 +6,7 @@ Generates a Llama-shaped bf16 base of about --params parameters and two fine-tun
 and peak RSS (the process tree's, sampled every 20 ms), and compares the outputs tensor
 by tensor.
 
-    python benchmarks/merge_vs_mergekit.py [--params 250M] [--methods linear ties]
+    python benchmarks/merge_vs_mergekit.py [--params 250M] [--methods linear ties] [--repeat 3]
         [--mergekit-python /work/mergekit-venv/bin/python] [--dir /work]
     python benchmarks/merge_vs_mergekit.py --params 1B --methods linear --only-ours
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,6 +146,7 @@ def main() -> None:
     parser.add_argument("--mergekit-python", default="/work/mergekit-venv/bin/python")
     parser.add_argument("--only-ours", action="store_true")
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of each side; medians are reported")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="audobon-merge-bench-", dir=args.dir) as tmp:
         tmp = Path(tmp)
@@ -157,22 +160,37 @@ def main() -> None:
             m = tmp / "models"
             recipe = tmp / f"{method}.yaml"
             recipe.write_text(RECIPES[method].format(base=m / "base", a=m / "tune-a", b=m / "tune-b"))
-            ours_wall, ours_rss = run_measured(
-                [sys.executable, "-c", OURS, str(recipe), str(tmp / f"ours-{method}")], env=env)
-            line = f"{method}: audobon {ours_wall:.1f} s, peak RSS {ours_rss / 1e9:.2f} GB"
-            if not args.only_ours:
-                mk = Path(args.mergekit_python).with_name("mergekit-yaml")
-                mk_wall, mk_rss = run_measured([str(mk), str(recipe), str(tmp / f"mk-{method}"),
-                                                "--no-copy-tokenizer", "--no-write-model-card", "--quiet",
-                                                "--random-seed", "0"])
+            ours_runs, mk_runs = [], []
+            for _ in range(args.repeat):  # alternating, so a slow spell of the machine hits both
+                shutil.rmtree(tmp / f"ours-{method}", ignore_errors=True)
+                ours_runs.append(run_measured(
+                    [sys.executable, "-c", OURS, str(recipe), str(tmp / f"ours-{method}")], env=env))
+                if not args.only_ours:
+                    shutil.rmtree(tmp / f"mk-{method}", ignore_errors=True)
+                    mk = Path(args.mergekit_python).with_name("mergekit-yaml")
+                    mk_runs.append(run_measured([str(mk), str(recipe), str(tmp / f"mk-{method}"),
+                                                 "--no-copy-tokenizer", "--no-write-model-card", "--quiet",
+                                                 "--random-seed", "0"]))
+            ours_wall, ours_rss = _median(ours_runs)
+            times = f" (median of {args.repeat})" if args.repeat > 1 else ""
+            line = f"{method}: audobon {ours_wall:.1f} s, peak RSS {ours_rss / 1e9:.2f} GB{times}"
+            if mk_runs:
+                mk_wall, mk_rss = _median(mk_runs)
                 diff = max_abs_diff(tmp / f"ours-{method}", tmp / f"mk-{method}")
+                ratios = ", ".join(f"{o[0] / k[0]:.2f}" for o, k in zip(ours_runs, mk_runs, strict=True))
                 line += (f"; mergekit {mk_wall:.1f} s, {mk_rss / 1e9:.2f} GB; ratios: time "
                          f"{ours_wall / mk_wall:.2f}, RSS {ours_rss / mk_rss:.2f} (targets <= 0.5); "
                          f"largest |difference| {diff:.3g}")
+                if args.repeat > 1:
+                    line += f"; time ratio of each round: {ratios}"
             if args.params == "1B" and method == "linear":
                 line += f" (1B target: <= 1.5 GB: {'met' if ours_rss <= 1.5e9 else 'MISSED'})"
             print(line, flush=True)
 
+
+def _median(runs: list[tuple[float, int]]) -> tuple[float, int]:
+    """The median wall time and the median peak RSS (each on its own)."""
+    return statistics.median(w for w, _ in runs), int(statistics.median(r for _, r in runs))
 
 if __name__ == "__main__":
     main()

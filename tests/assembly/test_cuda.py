@@ -15,6 +15,7 @@ from apps.assembly.engine.methods.spec import tensor_generator
 from apps.assembly.engine.plan import make_plan
 from apps.assembly.engine.recipe import parse_recipe
 from apps.registry.engine.demo_models import make_llama_family
+from tests.assembly.test_executor import LINEAR  # the same recipe the CPU tests run
 
 DEVICE = "cuda"
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -32,16 +33,6 @@ def _run(recipe: str, family, dest, device: str):
     assert result.device == device
     return load_file(str(dest / "model.safetensors"))
 
-
-LINEAR = """
-merge_method: linear
-models:
-  - model: even
-    parameters: {weight: 0.25}
-  - model: late
-    parameters: {weight: 0.75}
-dtype: float32
-"""
 
 DARE = """
 merge_method: dare_ties
