@@ -108,7 +108,7 @@ def _load(shards: ShardFiles, info: TensorInfo):
 
     raw = shards.read_raw(info)  # a writable buffer: torch wraps it without a copy
     dtype = _torch_dtype(info.dtype)
-    if not raw:
+    if not raw.nbytes:
         return torch.empty(info.shape, dtype=dtype)
     return torch.frombuffer(raw, dtype=dtype).reshape(info.shape)
 
@@ -302,7 +302,9 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                     nonlocal done
                     writer.write(out.name, merged.view(torch.uint8).numpy() if merged.numel() else b"")
                     # Only while a large output is still running or to come: the peak is theirs.
-                    sizable = schedule.cost(out, 1) * TRIM_SHARE >= schedule.budget
+                    # Sorting methods' scratch is what fragments the heap; plain merges leave it be.
+                    sizable = (out.method in SORTING_METHODS
+                               and schedule.cost(out, 1) * TRIM_SHARE >= schedule.budget)
                     if cpu and sizable and schedule.large_ahead():
                         _return_free_memory()
                     done += 1

@@ -31,11 +31,12 @@ class ShardFiles:
             self.files[shard] = (f, 8 + n)
         return self.files[shard]
 
-    def read_raw(self, info: TensorInfo) -> bytearray:
-        """A tensor's bytes exactly as stored (any dtype), read once into a writable buffer."""
+    def read_raw(self, info: TensorInfo) -> np.ndarray:
+        """A tensor's bytes exactly as stored (any dtype), read once into a writable uint8
+        array (left unfilled before the read: no pass over the memory but the read's own)."""
         f, data = self.get(info.file)
         f.seek(data + info.start)
-        raw = bytearray(info.nbytes)
+        raw = np.empty(info.nbytes, dtype=np.uint8)
         if f.readinto(raw) != info.nbytes:
             raise ValueError(f"{info.file}: {info.name} is truncated")
         return raw
