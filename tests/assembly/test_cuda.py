@@ -94,3 +94,21 @@ def test_every_method_runs_on_cuda_and_agrees_with_the_cpu(name):
         torch.testing.assert_close(out.cpu(), merge("cpu"), rtol=1e-4, atol=1e-5)
     else:
         assert torch.equal(out, merge("cuda"))
+
+
+def test_lora_extraction_on_cuda_matches_the_cpu(family, tmp_path):
+    from apps.assembly.engine.lora_extract import extract_lora
+
+    gpu = extract_lora(family["base"], family["tune-late"], tmp_path / "gpu", energy=0.9, device="cuda")
+    cpu = extract_lora(family["base"], family["tune-late"], tmp_path / "cpu", energy=0.9, device="cpu")
+    assert [(m.module, m.rank) for m in gpu] == [(m.module, m.rank) for m in cpu]
+    for g, c in zip(gpu, cpu, strict=True):
+        assert abs(g.rel_error - c.rel_error) < 1e-4
+    a = load_file(str(tmp_path / "gpu" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "cpu" / "adapter_model.safetensors"))
+    for key in a:
+        if key.endswith("lora_B.weight"):
+            stem = key.removesuffix("lora_B.weight")
+            # singular vectors may flip sign between the two: compare the product B·A
+            torch.testing.assert_close(a[key] @ a[stem + "lora_A.weight"], b[key] @ b[stem + "lora_A.weight"],
+                                       rtol=1e-3, atol=1e-4)

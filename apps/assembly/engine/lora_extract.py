@@ -90,11 +90,13 @@ def _rank_for(s, *, rank: int | None, energy: float | None) -> tuple[int, float]
 
 def extract_lora(base_dir: Path, tuned_dir: Path, dest: Path, *, rank: int | None = None,
                  energy: float | None = None, targets: list[str] | None = None,
-                 reporter: Reporter | None = None) -> list[ModuleResult]:
+                 reporter: Reporter | None = None, device: str | None = None) -> list[ModuleResult]:
     """Write a PEFT LoRA adapter to the new folder `dest` (temp + rename); return the rank,
-    kept energy and reconstruction error of every module."""
+    kept energy and reconstruction error of every module. The SVDs run on CUDA when present."""
     import torch
     from safetensors.torch import save_file
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     reporter = reporter or NullReporter()
     if (rank is None) == (energy is None):
@@ -111,17 +113,17 @@ def extract_lora(base_dir: Path, tuned_dir: Path, dest: Path, *, rank: int | Non
     for i, (module, base, tuned) in enumerate(modules, 1):
         if reporter.cancelled():
             raise JobCancelled
-        delta = _load(tuned, module + ".weight") - _load(base, module + ".weight")
+        delta = (_load(tuned, module + ".weight").to(device) - _load(base, module + ".weight").to(device))
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-        r, kept = _rank_for(s, rank=rank, energy=energy)
+        r, kept = _rank_for(s.cpu(), rank=rank, energy=energy)
         r = max(r, 1)  # PEFT needs a rank; an unchanged module gets a zero rank-1 pair
         b = u[:, :r] * s[:r]
         a = vh[:r, :]
         norm = float(torch.linalg.norm(delta))
         err = float(torch.linalg.norm(delta - b @ a)) / norm if norm else 0.0
         key = f"base_model.model.{module}"
-        tensors[f"{key}.lora_A.weight"] = a.contiguous()
-        tensors[f"{key}.lora_B.weight"] = b.contiguous()
+        tensors[f"{key}.lora_A.weight"] = a.contiguous().cpu()
+        tensors[f"{key}.lora_B.weight"] = b.contiguous().cpu()
         results.append(ModuleResult(module, r, s.numel(), kept, err))
         reporter.step(i, len(modules), rel_error=err)
     max_r = max(m.rank for m in results)
