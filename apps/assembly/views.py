@@ -124,7 +124,7 @@ def gradient(request):
             values = resample(values, len(values) + (1 if op == "add" else -1))
         text = set_gradient(text, path, values)
     except GradientError as exc:  # a bad number, a point count out of range, no such gradient
-        error = f"{path}: {exc}" if not str(exc).startswith(path) else str(exc)
+        error = f"{path}: {exc}"
     ctx = {"text": text, **_plan_context(text)}
     if error:
         ctx["gradient_error"] = error

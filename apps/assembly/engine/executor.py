@@ -193,6 +193,11 @@ def _return_free_memory() -> None:
         trim(0)
 
 
+def _model_count(out: OutputTensor) -> int:
+    """The models an output merges (its base aside)."""
+    return sum(s.role != "base" for s in out.sources)
+
+
 class _Schedule:
     """Which outputs run at once, with how many cores each, largest first.
 
@@ -217,7 +222,7 @@ class _Schedule:
     @staticmethod
     def splits(out: OutputTensor) -> bool:
         """Whether the output's models can be worked on side by side."""
-        return get_method(out.method).splits_by_model and sum(s.role != "base" for s in out.sources) > 1
+        return get_method(out.method).splits_by_model and _model_count(out) > 1
 
     @staticmethod
     def cost(out: OutputTensor, workers: int) -> int:
@@ -228,7 +233,7 @@ class _Schedule:
         """Cores for one output: its share of the machine when `at_once` run together."""
         if not self.splits(out):
             return 1
-        return max(1, min(self.cores // self.at_once, sum(s.role != "base" for s in out.sources)))
+        return max(1, min(self.cores // self.at_once, _model_count(out)))
 
     def large_ahead(self) -> bool:
         """Whether an output of a quarter of the budget or more is running or still to start."""

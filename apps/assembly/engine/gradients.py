@@ -8,6 +8,7 @@ rest of the recipe (comments, order, layout) stays exactly as the user wrote it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import yaml
@@ -57,7 +58,7 @@ def parse_points(raw: list[str]) -> list[float]:
             value = float(text)
         except (TypeError, ValueError):
             raise GradientError(f"point {i}: {text.strip()!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise GradientError(f"point {i}: {text.strip()!r} is not a finite number")
         values.append(value)
     return values
@@ -146,9 +147,9 @@ def set_gradient(text: str, path: str, values: list[float]) -> str:
     """The recipe with the gradient at `path` replaced by `values`; nothing else changes."""
     if not 2 <= len(values) <= MAX_POINTS:
         raise GradientError(f"a gradient has 2 to {MAX_POINTS} points, not {len(values)}")
-    for v in values:
-        if not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
-            raise GradientError(f"{path}: {v!r} is not a finite number")
+    for i, v in enumerate(values, 1):
+        if not isinstance(v, int | float) or not math.isfinite(v):
+            raise GradientError(f"point {i}: {v!r} is not a finite number")
     root = _compose(text)
     node = next((n for p, _, _, n in _walk(root) if p == path), None) if root is not None else None
     if node is None:

@@ -208,9 +208,7 @@ def permute(vocabulary: OutputVocabulary, tensors: dict[str, torch.Tensor]) -> d
         else:
             averaged.add(token)
 
-    def forced(token: str) -> bool:
-        cfg = configs.get(token)
-        return bool(getattr(cfg, "force", False))
+    forced = {t for t, cfg in configs.items() if getattr(cfg, "force", False)}
 
     def from_config(token: str, tid: int, cfg) -> torch.Tensor:
         src = cfg.source if not isinstance(cfg, tuple) else cfg
@@ -247,7 +245,7 @@ def permute(vocabulary: OutputVocabulary, tensors: dict[str, torch.Tensor]) -> d
     defaults: dict[str, torch.Tensor] = {}
     for token, tid in vocab.items():
         cfg = configs.get(token)
-        if not forced(token) and all(perms[m][tid] >= 0 for m in models):
+        if token not in forced and all(perms[m][tid] >= 0 for m in models):
             continue
         if token in averaged:
             embed = torch.zeros(shape, dtype=dtype, device=device)
@@ -268,12 +266,12 @@ def permute(vocabulary: OutputVocabulary, tensors: dict[str, torch.Tensor]) -> d
     for m in models:
         rows = torch.tensor([perms[m][tid] for tid in vocab.values()], dtype=torch.long)
         keep = rows >= 0
-        if any(forced(t) for t in vocab):
-            keep &= torch.tensor([not forced(t) for t in vocab], dtype=torch.bool)
+        if forced:
+            keep &= torch.tensor([t not in forced for t in vocab], dtype=torch.bool)
         new = torch.zeros((vocabulary.rows, *shape), dtype=dtype, device=device)
         new[ids[keep].to(device)] = tensors[m][rows[keep].to(device)].to(dtype)
         for token, tid in vocab.items():
-            if perms[m][tid] >= 0 and not forced(token):
+            if perms[m][tid] >= 0 and token not in forced:
                 continue
             if token in defaults:
                 new[tid] = defaults[token]
