@@ -1,0 +1,2 @@
+"""Writes of training, one module per area: datasets (`dataset`), synthetic data (`synth`),
+fine-tuning runs (`finetune`)."""
