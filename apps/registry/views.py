@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -142,3 +144,36 @@ def diff_report(request, name: str):
            "heatmap_url": reverse("assets:file_raw", args=[version.asset.name, version.number,
                                                            "heatmap.png"])}
     return render(request, "registry/diff_report.html", ctx)
+
+
+@login_required
+@require_POST
+def import_gguf(request):
+    """Submit the import of a GGUF file on the server; the worker dequantizes it. Only the
+    path is checked here (a readable file named .gguf): the web process never loads it."""
+    raw = request.POST.get("path", "").strip()
+    path = Path(raw).expanduser() if raw else None
+    problem = None
+    if path is None:
+        problem = "Give the path of a .gguf file on the server."
+    elif path.suffix.lower() != ".gguf":
+        problem = f"{raw}: not a .gguf file."
+    elif not path.is_file() or not os.access(path, os.R_OK):
+        problem = f"{raw}: no such readable file on the server."
+    if problem is None:
+        spec = {"path": str(path.resolve()), "name": request.POST.get("name", "").strip() or None}
+        try:
+            job = job_submit(kind="import_gguf", spec=spec, owner=request.user)
+        except JobSpecError as exc:
+            problem = str(exc)
+    if problem is not None:
+        messages.error(request, problem)
+        return redirect("registry:index")
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def demo_smollm2(request):
+    job = job_submit(kind="demo_smollm2", spec={}, owner=request.user)
+    return redirect("monitoring:job_detail", job_id=job.pk)

@@ -7,7 +7,7 @@ model does not say. New keys may be added; none is renamed or removed within a v
     {
       "schema": "audobon.inspect/1",
       "path": str,                      # the folder or file inspected
-      "format": "safetensors" | "peft-adapter" | "pickle-only" | "none",
+      "format": "safetensors" | "peft-adapter" | "pickle-only" | "none" | "gguf",
       "architecture": {
         "model_type": str | null,       # config.json model_type, or a guess from tensor names
         "architectures": [str],         # config.json architectures ([] when guessed)
@@ -55,6 +55,7 @@ import re
 from pathlib import Path
 
 from .components import catalogue, facts
+from .gguf import gguf_report
 from .model import read_model
 from .types import Component, ModelFiles
 
@@ -80,8 +81,11 @@ NAME_PATTERNS: list[tuple[str, re.Pattern]] = [(family, re.compile(pattern)) for
 
 def inspect_model(path: Path) -> dict:
     """The `audobon.inspect/1` description of the model at `path` (a folder or a .safetensors
-    file). Raises HeaderError subclasses for broken headers or indexes."""
+    file, or a .gguf file: see gguf.gguf_report). Raises HeaderError subclasses for broken
+    headers or indexes."""
     path = Path(path)
+    if path.suffix.lower() == ".gguf" and not path.is_dir():
+        return gguf_report(path)
     model = read_model(path)
     components = catalogue(model)
     found = facts(model, components)
