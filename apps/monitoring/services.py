@@ -57,8 +57,10 @@ def job_spec_validate(*, kind: str, spec) -> tuple[JobKind, dict]:
 
 
 def job_submit(*, kind: str, spec=None, owner=None, priority: int = 0,
-               retry_of: Job | None = None) -> Job:
-    """Validate, record and enqueue a job. Raises JobSpecError and queues nothing on bad input."""
+               retry_of: Job | None = None, enqueue: bool = True) -> Job:
+    """Validate, record and enqueue a job. Raises JobSpecError and queues nothing on bad input.
+    With `enqueue=False` the job is only recorded, for a command that runs it in its own
+    process (`execute_job`) and still shows it on the pages like any other."""
     job_kind, clean_spec = job_spec_validate(kind=kind, spec=spec)
     queue = job_kind.queue_for(job_kind.spec_model.model_validate(clean_spec))
     with transaction.atomic():
@@ -67,7 +69,8 @@ def job_submit(*, kind: str, spec=None, owner=None, priority: int = 0,
             retry_of=retry_of,
         )
         JobEvent.objects.create(job=job, kind=JobEvent.Kind.STATE, data={"status": "queued"})
-    _enqueue(job)
+    if enqueue:
+        _enqueue(job)
     job.refresh_from_db()
     return job
 

@@ -36,14 +36,17 @@ def current_worker_id() -> str:
 class JobReporter:
     """The Reporter an engine gets inside a worker: every call becomes a JobEvent."""
 
-    def __init__(self, job_id: int):
+    def __init__(self, job_id: int, tee=None):
         self.job_id = job_id
+        self.tee = tee  # another Reporter shown the same steps and lines (a terminal bar)
         self._last_progress = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
         self._unwritten: tuple[int, int | None] | None = None
 
     def step(self, done: int, total: int | None = None, **metrics: float) -> None:
+        if self.tee is not None:
+            self.tee.step(done, total, **metrics)
         now = time.monotonic()
         final = total is not None and done >= total
         self._unwritten = (done, total)
@@ -66,6 +69,8 @@ class JobReporter:
                                   data={"done": done, "total": total})
 
     def log(self, msg: str) -> None:
+        if self.tee is not None:
+            self.tee.log(msg)
         services.job_event_record(job_id=self.job_id, kind=JobEvent.Kind.LOG,
                                   data={"msg": str(msg)[:2000]})
 
@@ -103,10 +108,14 @@ def _wait_for_row(job_id: int, timeout: float = 10.0) -> Job | None:
         time.sleep(0.1)
 
 
-def execute_job(job_id: int) -> None:
+def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None:
+    """Run one job to its end. `tee` also shows its progress (a command's terminal bar);
+    `in_worker` (default: unless tasks run inline) adds the heartbeat thread and
+    connection recycling a long run in its own process needs."""
     # Inline (tests, immediate mode) runs inside the caller's connection and transaction:
     # no connection recycling and no heartbeat thread there.
-    in_worker = not settings.AUDOBON_QUEUE_IMMEDIATE
+    if in_worker is None:
+        in_worker = not settings.AUDOBON_QUEUE_IMMEDIATE
     if in_worker:
         close_old_connections()
     job = _wait_for_row(job_id)
@@ -123,7 +132,7 @@ def execute_job(job_id: int) -> None:
         if kind is None:
             raise LookupError(f"no worker code for job kind {job.kind!r}")
         spec = kind.spec_model.model_validate(job.spec)
-        reporter = JobReporter(job_id)
+        reporter = JobReporter(job_id, tee=tee)
         try:
             result = kind.run(spec, reporter, job)
         finally:
