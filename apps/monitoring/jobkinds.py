@@ -23,6 +23,9 @@ class JobKind:
     spec_model: type[BaseModel]
     run: Callable[..., dict | None]  # run(spec, reporter, job) -> result JSON
     queue: QueueChoice = "light"
+    # Called with a job of this kind whose worker died (now `interrupted`): a kind that can
+    # continue from where it stopped (checkpoints) submits its continuation here.
+    on_interrupted: Callable[[Any], object] | None = None
 
     @property
     def queue_label(self) -> str:
@@ -36,14 +39,15 @@ JOB_KINDS: dict[str, JobKind] = {}
 
 
 def job_kind(*, name: str, spec: type[BaseModel], area: str, label: str = "",
-             queue: QueueChoice = "light"):
+             queue: QueueChoice = "light", on_interrupted: Callable[[Any], object] | None = None):
     """Register the decorated function as the runner of job kind `name`."""
 
     def register(fn):
         if name in JOB_KINDS:
             raise ValueError(f"job kind {name!r} is registered twice")
         JOB_KINDS[name] = JobKind(
-            name=name, label=label or name, area=area, spec_model=spec, run=fn, queue=queue
+            name=name, label=label or name, area=area, spec_model=spec, run=fn, queue=queue,
+            on_interrupted=on_interrupted,
         )
         return fn
 

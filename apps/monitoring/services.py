@@ -185,8 +185,9 @@ def worker_gone(*, worker_id: str) -> list[int]:
     return ids
 
 
-def jobs_interrupt_orphans() -> list[int]:
-    """Mark running jobs whose worker is gone as interrupted.
+def jobs_interrupt_orphans(*, continue_jobs: bool = True) -> list[int]:
+    """Mark running jobs whose worker is gone as interrupted (and, with `continue_jobs`,
+    let their kinds continue them).
 
     Gone means: the worker ran on this host and its process no longer exists, or no
     heartbeat came for AUDOBON_WORKER_STALE_SECONDS (a worker on another machine).
@@ -200,7 +201,7 @@ def jobs_interrupt_orphans() -> list[int]:
         ):
             orphans.append(job.pk)
     ids = _interrupt(Job.objects.filter(pk__in=orphans, status=Job.Status.RUNNING),
-                     reason="its worker is gone")
+                     reason="its worker is gone", continue_jobs=continue_jobs)
     WorkerHeartbeat.objects.filter(last_seen__lt=stale_before).delete()
     return ids
 
@@ -215,7 +216,7 @@ def _worker_dead_here(worker_id: str) -> bool:
     return not psutil.pid_exists(int(pid_text))
 
 
-def _interrupt(qs, *, reason: str) -> list[int]:
+def _interrupt(qs, *, reason: str, continue_jobs: bool = True) -> list[int]:
     ids = list(qs.values_list("pk", flat=True))
     for job_id in ids:
         if Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
@@ -224,7 +225,22 @@ def _interrupt(qs, *, reason: str) -> list[int]:
         ):
             job_event_record(job_id=job_id, kind=JobEvent.Kind.STATE,
                              data={"status": "interrupted", "error": reason})
+            if continue_jobs:
+                _after_interrupt(job_id)
     return ids
+
+
+def _after_interrupt(job_id: int) -> None:
+    job = Job.objects.get(pk=job_id)
+    kind = JOB_KINDS.get(job.kind)
+    if kind is None or kind.on_interrupted is None:
+        return
+    try:
+        kind.on_interrupted(job)
+    except Exception as exc:  # the sweep goes on; the job page says why it did not continue
+        logger.exception("continuing interrupted job %s failed", job_id)
+        job_event_record(job_id=job_id, kind=JobEvent.Kind.LOG,
+                         data={"msg": f"could not continue automatically: {exc}"})
 
 
 # --- resources ------------------------------------------------------------------------------

@@ -282,3 +282,32 @@ def test_resume_continues_a_cancelled_job_of_the_command(library, tmp_path, monk
     assert result["status"] == "succeeded" and result["run"] == run.pk
     assert result["metrics"]["steps"] == 8
     assert run.jobs.count() == 2
+
+
+def test_a_run_whose_worker_died_continues_from_its_last_checkpoint(library, tmp_path, monkeypatch):
+    """The sweep that finds a dead worker's job marks it interrupted, and the run goes on
+    as a new job from its checkpoint (here inline, so to its end)."""
+    import subprocess
+
+    from apps.monitoring.models import Job
+    from apps.monitoring.services import HOSTNAME, jobs_interrupt_orphans
+    from apps.monitoring.tasks import JobReporter
+
+    checks = iter(range(100))
+    monkeypatch.setattr(JobReporter, "cancelled", lambda self: next(checks) >= 2)  # at step 3
+    spec = spec_from_yaml(_spec_file(tmp_path, max_steps=4, save_steps=2, eval_steps=2).read_text())
+    run, job = services.finetune_submit(spec=spec)
+    job.refresh_from_db()
+    assert job.status == "cancelled" and checkpoints(services.run_dir(run))
+    monkeypatch.undo()
+    # As a worker killed with -9 leaves it: running, owned by a process that is gone.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    Job.objects.filter(pk=job.pk).update(status="running", worker_id=f"{HOSTNAME}:{dead.pid}:heavy")
+    assert jobs_interrupt_orphans() == [job.pk]
+    job.refresh_from_db()
+    assert job.status == "interrupted"
+    follow = run.jobs.exclude(pk=job.pk).get()
+    assert follow.status == "succeeded" and follow.spec["resume"] is True
+    run.refresh_from_db()
+    assert run.result is not None and run.metrics["steps"] == 4

@@ -345,7 +345,7 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, device:
 
 
 def _sample_prompts(spec: FinetuneSpec, dataset_dir: Path, card: dict) -> list[str]:
-    if spec.samples:
+    if spec.samples is not None:
         return list(spec.samples)
     prompts = []
     path = Path(dataset_dir) / "validation.jsonl"

@@ -54,8 +54,9 @@ class FinetuneSpec(BaseModel):
     early_stopping_patience: int | None = Field(default=None, ge=1)
     max_minutes: float | None = Field(default=None, gt=0, description="a time budget")
     eval_max_rows: int = Field(default=256, ge=1, description="validation rows evaluated")
-    samples: list[str] = Field(default_factory=list, max_length=8,
-                               description="prompts generated before and after")
+    samples: list[str] | None = Field(default=None, max_length=8,
+                                      description="prompts generated before and after "
+                                                  "(default: two from the validation split; [] for none)")
     sample_max_new_tokens: int = Field(default=40, ge=1, le=1024)
     merge: bool = Field(default=False, description="also register the merged model")
     name: str | None = Field(default=None, description="the result's asset name")

@@ -21,6 +21,8 @@ from apps.training.engine.spec import FinetuneSpec, FinetuneSpecError, spec_pars
 from apps.training.models import TrainingRun
 
 RESUMABLE = (Job.Status.FAILED, Job.Status.CANCELLED, Job.Status.INTERRUPTED)
+# A run whose worker keeps dying (killed for memory, say) is not continued for ever.
+AUTO_RESUME_LIMIT = 3
 
 
 def runs_root() -> Path:
@@ -106,8 +108,13 @@ def finetune_submit(*, spec: FinetuneSpec | dict, owner=None,
 
 def finetune_resume(*, job: Job, owner=None, enqueue: bool = True) -> tuple[TrainingRun, Job]:
     """Continue the run `job` belonged to from its last checkpoint, as a new job."""
+    from apps.monitoring.services import jobs_interrupt_orphans
     from apps.training.engine.finetune import checkpoints
 
+    # A job whose worker was killed a moment ago is not running any more; the user is
+    # continuing it here, so no automatic continuation is wanted.
+    jobs_interrupt_orphans(continue_jobs=False)
+    job.refresh_from_db()
     run = job.training_runs.first()
     if run is None:
         raise JobStateError(f"job {job.pk} is not a fine-tuning run")
@@ -119,6 +126,25 @@ def finetune_resume(*, job: Job, owner=None, enqueue: bool = True) -> tuple[Trai
     if not checkpoints(run_dir(run)):
         raise JobStateError(f"run {run.pk} has no checkpoint yet; start it again instead")
     return run, _submit_job(run=run, resume=True, owner=owner or job.owner, enqueue=enqueue)
+
+
+def finetune_continue_interrupted(job: Job) -> Job | None:
+    """Called when a worker running `job` died: the run continues from its last checkpoint
+    as a new job, up to AUTO_RESUME_LIMIT times a run."""
+    from apps.monitoring.services import job_event_record
+    from apps.training.engine.finetune import checkpoints
+
+    run = job.training_runs.first()
+    if run is None or not checkpoints(run_dir(run)):
+        return None
+    if run.jobs.filter(status=Job.Status.INTERRUPTED).count() > AUTO_RESUME_LIMIT:
+        return None
+    if run.jobs.filter(status__in=(Job.Status.QUEUED, Job.Status.RUNNING)).exists():
+        return None
+    new = _submit_job(run=run, resume=True, owner=job.owner, enqueue=True)
+    job_event_record(job_id=job.pk, kind="log",
+                     data={"msg": f"continued from the last checkpoint as job {new.pk}"})
+    return new
 
 
 def _submit_job(*, run: TrainingRun, resume: bool, owner, enqueue: bool) -> Job:

@@ -23,7 +23,14 @@ class FinetuneJobSpec(BaseModel):
         return self
 
 
-@job_kind(name="finetune", spec=FinetuneJobSpec, area="training", label="Fine-tune a model", queue="heavy")
+def _continue(job):
+    from apps.training.services.finetune import finetune_continue_interrupted
+
+    return finetune_continue_interrupted(job)
+
+
+@job_kind(name="finetune", spec=FinetuneJobSpec, area="training", label="Fine-tune a model", queue="heavy",
+          on_interrupted=_continue)
 def finetune(spec: FinetuneJobSpec, reporter, job) -> dict:
     from apps.training.models import TrainingRun
     from apps.training.services.finetune import finetune_execute
