@@ -375,6 +375,24 @@ def _evaluate(trainer, task: str) -> dict:
     return out
 
 
+def _last_evaluation(trainer, task: str) -> dict:
+    """The evaluation the Trainer made at the last step, when it made one there and the
+    weights are still those it evaluated (no best checkpoint reloaded): no second pass."""
+    if trainer.args.load_best_model_at_end:
+        return {}
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") != trainer.state.global_step:
+                return {}
+            out = {"loss": round(float(entry["eval_loss"]), 6)}
+            if task == "classification":
+                out["accuracy"] = round(float(entry.get("eval_accuracy", 0.0)), 6)
+            else:
+                out["perplexity"] = round(math.exp(min(out["loss"], 50)), 4)
+            return out
+    return {}
+
+
 def _accuracy(pred) -> dict:
     import numpy as np
 
@@ -520,8 +538,10 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
     stopped = ("time budget" if callback.out_of_time else
                "early stopping" if trainer.state.global_step < spec.max_steps else "")
 
-    reporter.log("evaluating the tuned model on the validation split")
-    after = _evaluate(trainer, spec.task) if has_eval else {}
+    after = _last_evaluation(trainer, spec.task) if has_eval else {}
+    if has_eval and not after:
+        reporter.log("evaluating the tuned model on the validation split")
+        after = _evaluate(trainer, spec.task)
     tuned_samples = _generate(trainer.model, tokenizer, prompts, spec.sample_max_new_tokens, device) \
         if prompts else []
     samples = [{"prompt": p, "base": b, "tuned": t}
