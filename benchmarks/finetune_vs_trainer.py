@@ -44,8 +44,9 @@ def chat_rows(n: int, seed: int = 0, longest: int = 120) -> list[dict]:
                  "os", "re", "shutil", "itertools"):
         module = importlib.import_module(name)
         for attr in sorted(dir(module)):
-            doc = " ".join((inspect.getdoc(getattr(module, attr)) or "").split()) if not attr.startswith("_") \
-                else ""
+            if attr.startswith("_"):
+                continue
+            doc = " ".join((inspect.getdoc(getattr(module, attr)) or "").split())
             if len(doc) > 60:
                 docs.append((f"{name}.{attr}", doc))
     rows = []
@@ -101,7 +102,8 @@ def main() -> None:
         run("demo_models")
         model = "demo-llama-base"
     data = work / "chat.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(a.rows, longest=120 if a.model == "smollm2" else 36)))
+    rows = chat_rows(a.rows, longest=120 if a.model == "smollm2" else 36)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run("import_dataset", str(data), "--name", "bench-chat", "--json")
     run("export_asset", model, str(work / "model"))
     run("export_asset", "bench-chat", str(work / "data"))
@@ -145,9 +147,10 @@ def main() -> None:
     print(f"\nmodel {model}, {a.steps} steps of batch {a.batch_size}, {a.repeat} round(s), medians:")
     for side in ("baseline", "audobon", "audobon packed"):
         m = med[side]
-        print(f"  {side:15s} {m['wall']:6.1f} s  {m['tok_s']:8.1f} tokens/s  ratio {m['tok_s'] / base['tok_s']:.2f}"
-              f"  train loss {m['train_loss']:.4f} ({(m['train_loss'] / base['train_loss'] - 1) * 100:+.2f} %)"
-              f"  peak RSS {m['peak_gb']:.2f} GB")
+        ratio = m["tok_s"] / base["tok_s"]
+        loss_change = (m["train_loss"] / base["train_loss"] - 1) * 100
+        print(f"  {side:15s} {m['wall']:6.1f} s  {m['tok_s']:8.1f} tokens/s  ratio {ratio:.2f}"
+              f"  train loss {m['train_loss']:.4f} ({loss_change:+.2f} %)  peak RSS {m['peak_gb']:.2f} GB")
 
 
 if __name__ == "__main__":
