@@ -84,6 +84,9 @@ def main() -> None:
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     killed_wall = time.perf_counter() - started
+    # The step the worker had reached when it died: its last progress row (written at most
+    # 0.1 s apart), read once it can no longer change.
+    steps = json.loads(run("jobs", "show", str(job), "--json"))["steps_done"]
     runs = work / "home" / "runs"
     ckpts = sorted(int(c.name.split("-")[1]) for r in runs.iterdir() for c in (r / "checkpoints").glob(
         "checkpoint-*") if r.name != str(whole["run"]))
