@@ -329,7 +329,7 @@ def _apply_lora(spec: FinetuneSpec, model, base_dir: Path):
     return peft.get_peft_model(model, config), targets
 
 
-def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int, device: str) -> list[str]:
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, device: str) -> list[str]:
     import torch
 
     outs = []
@@ -512,7 +512,7 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
     else:
         reporter.log("evaluating the base model on the validation split")
         before_all = {"eval": _evaluate(trainer, spec.task) if has_eval else {},
-                      "samples": _generate(trainer.model, tokenizer, prompts, spec.sample_max_new_tokens,
+                      "samples": generate(trainer.model, tokenizer, prompts, spec.sample_max_new_tokens,
                                            device) if prompts else []}
         _write_json(before_path, before_all)
     if last is not None:
@@ -542,7 +542,7 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
     if has_eval and not after:
         reporter.log("evaluating the tuned model on the validation split")
         after = _evaluate(trainer, spec.task)
-    tuned_samples = _generate(trainer.model, tokenizer, prompts, spec.sample_max_new_tokens, device) \
+    tuned_samples = generate(trainer.model, tokenizer, prompts, spec.sample_max_new_tokens, device) \
         if prompts else []
     samples = [{"prompt": p, "base": b, "tuned": t}
                for p, b, t in zip(prompts, before_all["samples"], tuned_samples, strict=False)]
