@@ -8,6 +8,7 @@ Torch-free: the web process imports this module.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 from django.db.models import QuerySet
@@ -185,9 +186,25 @@ def estimate_device(spec: FinetuneSpec) -> str:
     return "cuda" if cuda_visible() else "cpu"
 
 
-def form_defaults(parameters: int) -> dict:
-    """The new-run form's starting values for a base of this many parameters."""
+def model_max_positions(model) -> int | None:
+    """The longest sequence a registered model reads, from its config.json (small, capped)."""
+    config = Path(model.path) / "config.json"
+    try:
+        if config.stat().st_size > 1_000_000:
+            return None
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("max_position_embeddings") or data.get("n_positions") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def form_defaults(parameters: int, max_positions: int | None = None) -> dict:
+    """The new-run form's starting values for a base of this many parameters (and rows no
+    longer than it reads)."""
     s = suggested_defaults(parameters, cuda=cuda_visible())
+    if isinstance(max_positions, int) and max_positions > 0:
+        s["max_length"] = min(s["max_length"], max_positions)
     return {"task": "causal_lm", "method": s["method"], "lora_r": s["lora_r"], "lora_alpha": 2 * s["lora_r"],
             "lora_dropout": 0.05, "learning_rate": s["learning_rate"], "batch_size": s["batch_size"],
             "max_steps": 100, "eval_steps": 50, "save_steps": 50, "seed": 0, "packing": False,

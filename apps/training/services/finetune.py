@@ -61,6 +61,10 @@ def finetune_inputs(spec: FinetuneSpec) -> tuple[Path, AssetVersion | None, Path
         raise FinetuneSpecError(f"task: {spec.base_model} is not a causal language model "
                                 f"({', '.join(files.config.get('architectures') or ['no architectures'])}); "
                                 "use task: classification")
+    max_positions = files.config.get("max_position_embeddings") or files.config.get("n_positions")
+    if spec.max_length and isinstance(max_positions, int) and spec.max_length > max_positions:
+        raise FinetuneSpecError(f"max_length: {spec.max_length} is above {spec.base_model}'s maximum of "
+                                f"{max_positions} tokens")
     try:
         dataset_version = asset_selectors.asset_version_get(ref=spec.dataset)
     except LookupError as exc:

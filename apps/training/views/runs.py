@@ -125,7 +125,9 @@ def _form_context(request, posted=None) -> dict:
     source = posted if posted is not None else request.GET
     picked = source.get("base_model") or (models[0].asset.name if models else "")
     picked_model = next((m for m in models if m.asset.name == picked), None)
-    values = run_selectors.form_defaults(picked_model.parameters if picked_model else 0)
+    values = run_selectors.form_defaults(
+        picked_model.parameters if picked_model else 0,
+        max_positions=run_selectors.model_max_positions(picked_model) if picked_model else None)
     values.update(base_model=picked, dataset=source.get("dataset") or (datasets[0].name if datasets else ""),
                   name="")
     for field in FIELDS:
