@@ -311,3 +311,34 @@ def test_a_run_whose_worker_died_continues_from_its_last_checkpoint(library, tmp
     assert follow.status == "succeeded" and follow.spec["resume"] is True
     run.refresh_from_db()
     assert run.result is not None and run.metrics["steps"] == 4
+
+
+def test_a_time_budget_ends_the_run_early_and_keeps_its_result(family, chat_folder, tmp_path):
+    spec = FinetuneSpec(base_model="b", dataset="d", max_steps=500, eval_steps=500, save_steps=500,
+                        max_minutes=0.0001, batch_size=2, lora={"r": 2}, samples=[])
+    result = run_finetune(spec, base_dir=Path(family["base"]), dataset_dir=chat_folder,
+                          run_dir=tmp_path / "run", out_dir=tmp_path / "out")
+    assert result.stopped == "time budget"
+    assert 1 <= result.metrics["steps"] < 500
+    assert [p.name for p in checkpoints(tmp_path / "run")] == [f"checkpoint-{result.metrics['steps']}"]
+    assert (result.output / "adapter_model.safetensors").is_file()
+
+
+def test_out_of_memory_is_reported_with_a_smaller_batch_and_the_checkpoint_kept(
+        family, chat_folder, tmp_path, monkeypatch):
+    import transformers
+
+    spec = FinetuneSpec(base_model="b", dataset="d", max_steps=2, save_steps=1, eval_steps=10,
+                        batch_size=8, lora={"r": 2}, samples=[])
+    real_step = transformers.Trainer.training_step
+
+    def step_then_oom(self, *args, **kwargs):
+        if self.state.global_step >= 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", step_then_oom)
+    with pytest.raises(FinetuneError, match=r"out of memory at batch size 8: try batch_size 4.*checkpoint-1"):
+        run_finetune(spec, base_dir=Path(family["base"]), dataset_dir=chat_folder, run_dir=tmp_path / "run",
+                     out_dir=tmp_path / "out")
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["checkpoint-1"]

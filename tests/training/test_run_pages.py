@@ -87,10 +87,11 @@ def test_the_form_renders_with_defaults_for_the_base_and_an_estimate(library, lo
     html = logged_in.get(reverse("training:run_new")).content.decode()
     assert '<option value="demo-llama-base" selected>' in html
     assert '<option value="docs-chat" selected>' in html
-    # The demo base is tiny: the small-model defaults (batch 8, r 16, 512 tokens).
+    # The demo base is tiny: the small-model defaults (batch 8, r 16), and rows as long as it
+    # reads (256 tokens, under the default of 512).
     assert 'name="batch_size" id="id_batch_size" value="8"' in html
     assert 'name="lora_r" id="id_lora_r" type="number" min="1" max="1024" value="16"' in html
-    assert 'name="max_length" id="id_max_length" type="number" min="8" value="512"' in html
+    assert 'name="max_length" id="id_max_length" type="number" min="8" value="256"' in html
     assert re.search(r'id="estimate-bytes" data-bytes="[1-9]\d*"', html)
     assert "base_model: demo-llama-base" in html  # the YAML alternative starts from the same spec
     # Picking a base (htmx) answers the fields and, out of band, the estimate.
@@ -103,10 +104,12 @@ def test_the_estimate_answers_a_number_or_names_the_bad_key(library, logged_in):
     url = reverse("training:run_estimate")
     ok = logged_in.post(url, _form(), **HTMX).content.decode()
     small = int(re.search(r'data-bytes="(\d+)"', ok).group(1))
-    bigger = logged_in.post(url, _form(batch_size="16", max_length="512"), **HTMX).content.decode()
+    bigger = logged_in.post(url, _form(batch_size="16"), **HTMX).content.decode()
     assert int(re.search(r'data-bytes="(\d+)"', bigger).group(1)) > small
     assert "activations" in ok and "<html" not in ok
 
+    too_long = logged_in.post(url, _form(max_length="512"), **HTMX).content.decode()
+    assert "max_length: 512 is above demo-llama-base&#x27;s maximum of 256 tokens" in too_long
     bad = logged_in.post(url, _form(lora_r="0"), **HTMX).content.decode()
     assert "lora.r:" in bad and "data-bytes" not in bad
     assert "learning_rate: &#x27;fast&#x27; is not a number" in logged_in.post(

@@ -490,6 +490,9 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
         greater_is_better=False if spec.early_stopping_patience else None,
         remove_unused_columns=False, report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, save_only_model=False,
+        # Evaluating a causal LM needs its loss only: without this the Trainer keeps every
+        # batch's logits (rows x tokens x vocabulary floats) and concatenates them.
+        prediction_loss_only=spec.task == "causal_lm",
     )
     callback = reporter_callback(reporter, collator, spec.max_minutes)
     callbacks: list = [callback]
