@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
-
-from django.conf import settings
 
 from apps.assembly.engine.plan import Plan, make_plan
 from apps.assembly.engine.recipe import parse_recipe
@@ -30,34 +26,14 @@ class GateFailedError(RuntimeError):
     """The result failed a validation gate: it is not registered."""
 
 
-def _work_root() -> Path:
-    """Where runs write before registering; a folder left by a process that is gone (killed
-    mid-run) is removed here, so a rerun starts clean."""
-    import psutil
-
-    root = settings.AUDOBON_HOME / "work" / "assemble"
-    root.mkdir(parents=True, exist_ok=True)
-    for path in root.iterdir():
-        pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-    return root
-
-
 def _work_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_work_root()))
+    return asset_services.work_dir("assemble")
 
 
 @on_startup("folders of interrupted assembly runs removed")
 def assembly_startup_clean() -> int:
     """A run killed mid-way leaves only its work folder: nothing was registered."""
-    root = settings.AUDOBON_HOME / "work" / "assemble"
-    if not root.is_dir():
-        return 0
-    stale = list(root.iterdir())
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(stale)
+    return asset_services.work_area_clear("assemble")
 
 
 # --- resolving model references ---------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -36,6 +38,34 @@ def _store(root: str) -> BlobStore:
 
 def blob_store() -> BlobStore:
     return _store(str(settings.AUDOBON_HOME / "store"))
+
+
+# --- job scratch folders --------------------------------------------------------------------
+
+def work_dir(area: str) -> Path:
+    """A new scratch folder under AUDOBON_HOME/work/<area>/ for a job of this process, named
+    by its pid. Folders of processes that are gone (killed mid-job, so nothing was
+    registered from them) are removed first, so a rerun starts clean."""
+    import psutil
+
+    root = settings.AUDOBON_HOME / "work" / area
+    root.mkdir(parents=True, exist_ok=True)
+    for path in root.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=root))
+
+
+def work_area_clear(area: str) -> int:
+    """At start-up no job is running: every scratch folder of `area` is left over."""
+    root = settings.AUDOBON_HOME / "work" / area
+    if not root.is_dir():
+        return 0
+    stale = list(root.iterdir())
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
 
 
 # --- names and tags ------------------------------------------------------------------------

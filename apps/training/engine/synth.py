@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
+from apps.training.engine.spec import spec_errors
 
 # Bumped when a change here changes the rows a spec makes: part of every cache key.
 ENGINE_VERSION = 1
@@ -187,17 +188,6 @@ class SynthSpec(_Strict):
         return self
 
 
-def spec_problems(exc: ValidationError) -> list[str]:
-    """Pydantic's errors as `place: message` lines."""
-    out = []
-    for err in exc.errors():
-        place = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        out.append(f"{place}: {msg}")
-    return out
-
 
 def spec_parse(data: Any, *, source: str = "spec") -> SynthSpec:
     if not isinstance(data, dict):
@@ -205,7 +195,7 @@ def spec_parse(data: Any, *, source: str = "spec") -> SynthSpec:
     try:
         return SynthSpec.model_validate(data)
     except ValidationError as exc:
-        raise SynthError(f"{source}: " + "; ".join(spec_problems(exc))) from None
+        raise SynthError(f"{source}: " + "; ".join(spec_errors(exc))) from None
 
 
 def spec_load_yaml(text: str | bytes, *, source: str = "spec", defaults: dict | None = None) -> SynthSpec:

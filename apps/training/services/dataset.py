@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,34 +27,14 @@ UPLOADS = "dataset-uploads"
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
-def _work_root() -> Path:
-    """Where imports write before registering. A folder left by a process that is gone
-    (killed mid-import) is removed here, so it never piles up."""
-    import psutil
-
-    root = settings.AUDOBON_HOME / "work" / "datasets"
-    root.mkdir(parents=True, exist_ok=True)
-    for path in root.iterdir():
-        pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-    return root
-
-
 def _work_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_work_root()))
+    return asset_services.work_dir("datasets")
 
 
 @on_startup("folders of interrupted dataset imports removed")
 def dataset_startup_clean() -> int:
     """A killed import leaves only its work folder: nothing was registered."""
-    root = settings.AUDOBON_HOME / "work" / "datasets"
-    if not root.is_dir():
-        return 0
-    stale = list(root.iterdir())
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(stale)
+    return asset_services.work_area_clear("datasets")
 
 
 def _clean_name(text: str, fallback: str) -> str:

@@ -4,7 +4,6 @@ in the library with lineage to the base model version, the dataset version and t
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -173,8 +172,7 @@ def finetune_execute(*, run: TrainingRun, job: Job | None, resume: bool, reporte
     estimate = memory_estimate(spec, base_dir, device=spec.device or _device_guess())
     reporter.log(f"memory estimate: {estimate['bytes'] / 1e9:.2f} GB on {estimate['device']} "
                  f"({estimate['trainable_parameters']:,} trainable parameters)")
-    (settings.AUDOBON_HOME / "work").mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="finetune-", dir=settings.AUDOBON_HOME / "work"))
+    work = asset_services.work_dir("finetune")
     base_ref = str(base_version) if base_version else str(base_dir)
     try:
         result = run_finetune(spec, base_dir=base_dir, dataset_dir=dataset_dir, run_dir=run_dir(run),
