@@ -210,15 +210,14 @@ def reporter_callback(reporter: Reporter, counter: CountingCollator, max_minutes
     class _Callback(TrainerCallback):
         def __init__(self):
             self.started = time.monotonic()
-            self.last_time = self.started
-            self.last_tokens = 0
+            self.first_tokens = 0
             self.cancelled = False
             self.out_of_time = False
             self.tokens_per_s = 0.0
 
         def on_train_begin(self, args, state, control, **kw):
-            self.started = self.last_time = time.monotonic()
-            self.last_tokens = counter.tokens
+            self.started = time.monotonic()
+            self.first_tokens = counter.tokens
 
         def on_step_end(self, args, state, control, **kw):
             if reporter.cancelled():
@@ -233,10 +232,11 @@ def reporter_callback(reporter: Reporter, counter: CountingCollator, max_minutes
             logs = logs or {}
             values: dict[str, float] = {}
             if "loss" in logs:
-                now = time.monotonic()
-                if now > self.last_time:
-                    self.tokens_per_s = (counter.tokens - self.last_tokens) / (now - self.last_time)
-                self.last_time, self.last_tokens = now, counter.tokens
+                # Since the start of this job's training: the data loader collates ahead of
+                # the step, so a per-step figure would jump between zero and double.
+                elapsed = time.monotonic() - self.started
+                if elapsed > 0:
+                    self.tokens_per_s = (counter.tokens - self.first_tokens) / elapsed
                 values = {"train_loss": logs["loss"], "learning_rate": logs.get("learning_rate", 0.0),
                           "tokens_per_s": round(self.tokens_per_s, 1)}
                 if logs.get("grad_norm") is not None:
