@@ -199,6 +199,26 @@ class CountingCollator:
         return self.inner(features)
 
 
+def trainer_class():
+    """The Trainer, evaluating a causal LM on padding-free batches whatever the training
+    batches are: the same loss (each batch's token mean) without computing padding."""
+    import transformers
+
+    class _Trainer(transformers.Trainer):
+        eval_collator = None
+
+        def get_eval_dataloader(self, eval_dataset=None):
+            if self.eval_collator is None:
+                return super().get_eval_dataloader(eval_dataset)
+            training_collator, self.data_collator = self.data_collator, self.eval_collator
+            try:
+                return super().get_eval_dataloader(eval_dataset)
+            finally:
+                self.data_collator = training_collator
+
+    return _Trainer
+
+
 # --- progress ----------------------------------------------------------------------------------
 
 def reporter_callback(reporter: Reporter, counter: CountingCollator, max_minutes: float | None):
@@ -500,12 +520,15 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
         callbacks.append(transformers.EarlyStoppingCallback(spec.early_stopping_patience))
     if device.startswith("cuda") and spec.method != "qlora":
         model.to(device)
-    trainer = transformers.Trainer(
+    trainer = trainer_class()(
         model=model, args=args, train_dataset=splits["train"],
         eval_dataset=splits["validation"] if has_eval else None, data_collator=collator,
         processing_class=tokenizer, callbacks=callbacks,
         compute_metrics=_accuracy if spec.task == "classification" else None)
     trainer.remove_callback(transformers.PrinterCallback)
+    if spec.task == "causal_lm":
+        trainer.eval_collator = transformers.DataCollatorWithFlattening(return_position_ids=True,
+                                                                        separator_id=-100)
 
     prompts = _sample_prompts(spec, dataset_dir, card) if spec.task == "causal_lm" else []
     before_path = run_dir / BEFORE_FILE
