@@ -17,7 +17,25 @@ def main(argv: list[str] | None = None) -> None:
 
         Command().run_from_argv(["audobon", *args])
         return
-    execute_from_command_line(["audobon", *(args or ["help"])])
+    try:
+        execute_from_command_line(["audobon", *(args or ["help"])])
+    except Exception as exc:
+        if not _unmigrated(exc):
+            raise
+        from django.conf import settings
+
+        sys.stderr.write(f"audobon: the database of {settings.AUDOBON_HOME} has no tables yet; "
+                         "run `audobon migrate` (or `audobon up`, which migrates) first\n")
+        sys.exit(1)
+
+
+def _unmigrated(exc: BaseException) -> bool:
+    """A command run on a home whose database was never migrated (SQLite or PostgreSQL)."""
+    from django.db.utils import OperationalError, ProgrammingError
+
+    text = str(exc)
+    return (isinstance(exc, OperationalError) and text.startswith("no such table")) or (
+        isinstance(exc, ProgrammingError) and "does not exist" in text and "relation" in text)
 
 
 if __name__ == "__main__":
