@@ -48,6 +48,8 @@ def test_generate_tune_merge(server, browser):
     # 3. A LoRA run from the new-run form; the estimate follows the fields.
     page.goto(server.base + "/training/runs/new/")
     page.select_option("#id_base_model", "demo-llama-base")
+    # Picking a base redraws the fields with its defaults: wait for that before typing.
+    page.wait_for_load_state("networkidle")
     page.select_option("#id_dataset", "demo-synth")
     page.fill("#id_name", "demo-lora")
     page.fill("#id_batch_size", "2")
@@ -60,6 +62,7 @@ def test_generate_tune_merge(server, browser):
     page.fill("#id_lora_r", "8")
     page.press("#id_lora_r", "Tab")
     expect(page.locator("#estimate-bytes")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#id_name")).to_have_value("demo-lora")
     _shot(page, "run-new")
     page.click("#start-run")
     expect(page).to_have_url(re.compile(r"/training/runs/\d+/$"))
