@@ -326,6 +326,13 @@ def test_smollm2_demo_is_imported_once_and_loads_plainly(fresh_library):
     folder, _ = services.resolve_model(services.SMOLLM2_ASSET)
     ids = tokenized(folder, "What is the capital of France?")
     assert torch.allclose(folder_logits(folder, ids), gguf_logits(SMOLLM2, ids), atol=1e-5, rtol=0)
+    # Tied embeddings are written as transformers writes them: the input embedding, no head
+    # (a merge tool looks for the embedding, and the config says the head is tied to it).
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "np") as fh:
+        names = set(fh.keys())
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     # A second run (here through the command's flag) finds it and imports nothing.
     again = json.loads(run("demo_models", "--smollm2", "--json"))
     assert again["smollm2"]["inspected"] == 0

@@ -105,6 +105,16 @@ def test_the_adapter_merges_back_with_an_assembly_recipe(library, tmp_path):
     merged = json.loads(out.getvalue())
     version = asset_version_get(ref=f"{merged['asset']}@{merged['version']}")
     assert result["adapter"] in {str(p) for p in version.parents.all()}
+    # The recipe folds the adapter in as peft computes it.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[0, 5, 9, 17, 3]])
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("demo-llama-base")[0])
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base, resolve_model(result["adapter"])[0])(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(resolve_model(str(version))[0])(ids).logits
+    assert torch.allclose(expected, got, atol=1e-5)
 
 
 def test_merge_true_registers_a_merged_model_equal_to_base_plus_adapter(library, tmp_path):

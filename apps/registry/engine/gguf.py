@@ -378,11 +378,24 @@ def _cached_tensor_name_maps():
 
 
 def _write_folder(tmp: Path, model: Any, tokenizer: Any, header: dict, sha: str) -> None:
-    from safetensors.torch import save_model
+    # transformers refuses save_pretrained on a GGUF-loaded model, so the state dict is
+    # written here; a tied head is left out, as transformers leaves it out, so the file names
+    # the input embedding (what loaders and merge tools look for) and not its alias.
+    from safetensors.torch import save_file
 
-    # transformers refuses save_pretrained on a GGUF-loaded model; safetensors' save_model
-    # writes the state dict itself and drops the tied lm_head alias the way transformers does.
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    head = model.get_output_embeddings()
+    head_names = {f"{name}.weight" for name, module in model.named_modules() if module is head}
+    seen: set[tuple] = set()
+    tensors = {}
+    state = model.state_dict()
+    for name in sorted(state, key=lambda n: n in head_names):  # the head's names last
+        tensor = state[name]
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = tensor.contiguous()
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = copy.deepcopy(model.config)
     # The weights written are plain floats: the GGUF quantization entry would tell loaders
     # (and the registry) otherwise. GGUF-loaded configs name no architecture class.
