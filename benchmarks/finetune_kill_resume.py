@@ -9,8 +9,8 @@ Prints the steps lost (the kill step minus the last checkpoint), the wall time o
 how the resumed result compares with the uninterrupted one: final eval loss, and whether
 the adapter's tensors are bit-identical.
 
-    python benchmarks/finetune_kill_resume.py [--model demo|smollm2] [--steps 40] [--save-steps 10]
-        [--kill-at 25]
+    python benchmarks/finetune_kill_resume.py [--model demo|smollm2] [--steps 120] [--save-steps 20]
+        [--kill-at 50]
 
 Targets: at most one checkpoint interval lost; the final loss within 0.1 % of the
 uninterrupted run's.
@@ -38,9 +38,10 @@ from benchmarks.finetune_vs_trainer import chat_rows  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=("demo", "smollm2"), default="demo")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--save-steps", type=int, default=10)
-    p.add_argument("--kill-at", type=int, default=25)
+    # Enough steps that the kill lands mid-run: the job is watched through `jobs show`.
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--save-steps", type=int, default=20)
+    p.add_argument("--kill-at", type=int, default=50)
     p.add_argument("--dir", default=tempfile.gettempdir())
     a = p.parse_args()
 
