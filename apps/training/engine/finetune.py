@@ -349,6 +349,12 @@ def _apply_lora(spec: FinetuneSpec, model, base_dir: Path):
     return peft.get_peft_model(model, config), targets
 
 
+def storable(text: str) -> str:
+    """Text that any database's JSON takes: PostgreSQL refuses NUL characters, which an
+    untrained model or a raw dataset row can hold."""
+    return text.replace("\x00", "")
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, device: str) -> list[str]:
     import torch
 
@@ -360,7 +366,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, device: 
         with torch.no_grad():
             ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
-        outs.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        text = tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        outs.append(storable(text))
     return outs
 
 
@@ -570,7 +577,7 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
         after = _evaluate(trainer, spec.task)
     tuned_samples = generate(trainer.model, tokenizer, prompts, spec.sample_max_new_tokens, device) \
         if prompts else []
-    samples = [{"prompt": p, "base": b, "tuned": t}
+    samples = [{"prompt": storable(p), "base": b, "tuned": t}
                for p, b, t in zip(prompts, before_all["samples"], tuned_samples, strict=False)]
     tokens = collator.tokens - tokens_at_start
     metrics = {

@@ -33,8 +33,11 @@ def try_it_inputs(run: TrainingRun) -> tuple[Path, Path, str]:
 def try_it_submit(*, run: TrainingRun, prompt: str, owner=None,
                   max_new_tokens: int = TRY_IT_DEFAULT_TOKENS, enqueue: bool = True) -> Job:
     """Queue one "Try it" generation; a run without a result is refused before anything is queued."""
+    from apps.training.engine.finetune import storable
+
     try_it_inputs(run)
-    return job_submit(kind="try_it", spec={"run": run.pk, "prompt": prompt, "max_new_tokens": max_new_tokens},
+    return job_submit(kind="try_it", spec={"run": run.pk, "prompt": storable(prompt),
+                                           "max_new_tokens": max_new_tokens},
                       owner=owner, enqueue=enqueue)
 
 
