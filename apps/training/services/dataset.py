@@ -170,13 +170,7 @@ def _uploads_root() -> Path:
 
 @on_startup("staged dataset uploads removed")
 def dataset_uploads_clean() -> int:
-    root = settings.AUDOBON_HOME / "work" / UPLOADS
-    if not root.is_dir():
-        return 0
-    stale = list(root.iterdir())
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return len(stale)
+    return asset_services.work_area_clear(UPLOADS)
 
 
 def dataset_upload_stage(*, owner, filename: str, chunks: Iterable[bytes]) -> str:
