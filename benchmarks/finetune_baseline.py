@@ -78,7 +78,9 @@ def main() -> None:
     out = trainer.train()
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     model.save_pretrained(f"{a.out}/adapter")
-    print(json.dumps({"tokens": seen["tokens"], "train_loss": out.training_loss,
+    # The collator also saw the evaluation's rows (once per evaluation): only training counts.
+    eval_tokens = sum(len(ids) for ids in val["input_ids"]) * len(evals)
+    print(json.dumps({"tokens": seen["tokens"] - eval_tokens, "train_loss": out.training_loss,
                       "eval_loss": evals[-1] if evals else None, "steps": trainer.state.global_step}))
 
 
