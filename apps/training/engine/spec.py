@@ -92,17 +92,23 @@ def spec_parse(data: dict) -> FinetuneSpec:
         raise FinetuneSpecError("; ".join(spec_errors(exc))) from None
 
 
-def spec_from_yaml(text: str, *, source: str = "spec") -> FinetuneSpec:
-    if len(text.encode()) > MAX_SPEC_BYTES:
-        raise FinetuneSpecError(f"{source}: larger than {MAX_SPEC_BYTES // 1024} KB")
+def spec_yaml_load(text: str | bytes, *, source: str, max_bytes: int, error: type[ValueError]):
+    """A training spec's YAML, parsed only when small and free of anchors: aliases can
+    multiply a small file into a huge structure, and a spec never needs them. `error` is
+    raised with the reason."""
+    if len(text.encode() if isinstance(text, str) else text) > max_bytes:
+        limit = f"{max_bytes // 1_000_000} MB" if max_bytes >= 1_000_000 else f"{max_bytes // 1024} KB"
+        raise error(f"{source}: larger than {limit}")
     try:
-        # The loader never builds aliases into shared objects here, but a spec is small and
-        # flat: refuse anchors outright rather than budget them.
         if any(isinstance(t, yaml.AnchorToken | yaml.AliasToken) for t in yaml.scan(text)):
-            raise FinetuneSpecError(f"{source}: YAML anchors and aliases are not accepted in a spec")
-        data = yaml.safe_load(text)
+            raise error(f"{source}: YAML anchors and aliases are not accepted in a spec")
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise FinetuneSpecError(f"{source}: not valid YAML: {exc}") from None
+        raise error(f"{source}: not valid YAML: {exc}") from None
+
+
+def spec_from_yaml(text: str, *, source: str = "spec") -> FinetuneSpec:
+    data = spec_yaml_load(text, source=source, max_bytes=MAX_SPEC_BYTES, error=FinetuneSpecError)
     if not isinstance(data, dict):
         raise FinetuneSpecError(f"{source}: a spec is a mapping of keys (base_model, dataset, ...)")
     try:

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
-from apps.training.engine.spec import spec_errors
+from apps.training.engine.spec import spec_errors, spec_yaml_load
 
 # Bumped when a change here changes the rows a spec makes: part of every cache key.
 ENGINE_VERSION = 1
@@ -200,15 +199,7 @@ def spec_parse(data: Any, *, source: str = "spec") -> SynthSpec:
 
 def spec_load_yaml(text: str | bytes, *, source: str = "spec", defaults: dict | None = None) -> SynthSpec:
     """A spec from YAML, refused before parsing when over 1 MB or when it uses anchors."""
-    if len(text) > MAX_SPEC_BYTES:
-        raise SynthError(f"{source}: larger than {MAX_SPEC_BYTES // 1_000_000} MB")
-    try:
-        # Aliases can multiply a small file into a huge structure; a spec never needs them.
-        if any(isinstance(t, yaml.AnchorToken | yaml.AliasToken) for t in yaml.scan(text)):
-            raise SynthError(f"{source}: YAML anchors and aliases are not accepted in a spec")
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SynthError(f"{source}: not valid YAML: {exc}") from None
+    data = spec_yaml_load(text, source=source, max_bytes=MAX_SPEC_BYTES, error=SynthError)
     if isinstance(data, dict) and defaults:
         data = {**defaults, **data}
     return spec_parse(data, source=source)
