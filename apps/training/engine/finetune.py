@@ -182,7 +182,9 @@ def tokenized_splits(spec: FinetuneSpec, tokenizer, dataset_dir: Path, cache_dir
             more = f" (and {len(too_long) - 10} more)" if len(too_long) > 10 else ""
             raise FinetuneError(f"{len(too_long)} row(s) are longer than max_length {max_length}: "
                                 f"{shown}{more}; shorten them or raise max_length")
-        out[split] = enc.remove_columns(["length"])
+        # The training split keeps its lengths: the length-grouped sampler reads them instead
+        # of measuring every row (CountingCollator drops them before the model sees a batch).
+        out[split] = enc if split == "train" else enc.remove_columns(["length"])
     return out
 
 
@@ -193,19 +195,48 @@ class CountingCollator:
     def __init__(self, inner):
         self.inner = inner
         self.tokens = 0
+        self.computed = 0  # positions the model computes, padding included
 
     def __call__(self, features):
+        features = [{k: v for k, v in f.items() if k != "length"} for f in features]
         self.tokens += sum(len(f["input_ids"]) for f in features)
-        return self.inner(features)
+        batch = self.inner(features)
+        self.computed += batch["input_ids"].numel()
+        return batch
 
 
 def trainer_class():
     """The Trainer, evaluating a causal LM on padding-free batches whatever the training
-    batches are: the same loss (each batch's token mean) without computing padding."""
+    batches are: the same loss (each batch's token mean) without computing padding; and
+    grouping rows by length from a generator seeded by (seed, epoch), so a resumed run
+    draws the same batches as one never stopped (the stock sampler draws from the global
+    random state, which a resume does not restore before the epoch starts)."""
+    import torch
     import transformers
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class _SeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, batch_size, *, lengths, seed):
+            super().__init__(batch_size, lengths=list(lengths))
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
     class _Trainer(transformers.Trainer):
         eval_collator = None
+
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                return _SeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths,
+                                                   seed=self.args.data_seed or self.args.seed)
+            return sampler
 
         def get_eval_dataloader(self, eval_dataset=None):
             if self.eval_collator is None:
@@ -515,6 +546,8 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
         load_best_model_at_end=bool(spec.early_stopping_patience and has_eval),
         metric_for_best_model="eval_loss" if spec.early_stopping_patience else None,
         greater_is_better=False if spec.early_stopping_patience else None,
+        # Padded batches of rows of similar length: the same rows, far less padding computed.
+        train_sampling_strategy="group_by_length" if spec.group_by_length and not spec.packing else "random",
         remove_unused_columns=False, report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, save_only_model=False,
         # Evaluating a causal LM needs its loss only: without this the Trainer keeps every
@@ -536,6 +569,8 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
     if spec.task == "causal_lm":
         trainer.eval_collator = transformers.DataCollatorWithFlattening(return_position_ids=True,
                                                                         separator_id=-100)
+    else:
+        trainer.eval_collator = inner  # evaluation's rows are not counted as trained tokens
 
     prompts = _sample_prompts(spec, dataset_dir, card) if spec.task == "causal_lm" else []
     before_path = run_dir / BEFORE_FILE
@@ -551,7 +586,7 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
     if last is not None:
         reporter.log(f"resuming from {last.name}")
     started = time.monotonic()
-    tokens_at_start = collator.tokens
+    tokens_at_start, computed_at_start = collator.tokens, collator.computed
     try:
         output = trainer.train(resume_from_checkpoint=str(last) if last else None)
     except Exception as exc:
@@ -580,11 +615,13 @@ def run_finetune(spec: FinetuneSpec, *, base_dir: Path, dataset_dir: Path, run_d
     samples = [{"prompt": storable(p), "base": b, "tuned": t}
                for p, b, t in zip(prompts, before_all["samples"], tuned_samples, strict=False)]
     tokens = collator.tokens - tokens_at_start
+    computed = collator.computed - computed_at_start
     metrics = {
         "train_loss": round(float(output.training_loss), 6),
         "eval_loss": after.get("loss"), "eval_loss_before": before_all["eval"].get("loss"),
         "steps": trainer.state.global_step, "seconds": round(seconds, 2),
         "tokens": tokens, "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "padding_share": round(1 - tokens / computed, 4) if computed else None,
         "trainable_parameters": trainable, "parameters": total, "device": device,
     }
     if spec.task == "classification":

@@ -45,6 +45,8 @@ class FinetuneSpec(BaseModel):
     logging_steps: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     packing: bool = False
+    group_by_length: bool = Field(default=True, description="without packing, batch rows of similar "
+                                                            "length together: less padding to compute")
     max_length: int | None = Field(default=None, ge=8, le=1_048_576)
     warmup_steps: int = Field(default=0, ge=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"

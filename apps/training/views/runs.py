@@ -32,7 +32,8 @@ FIELDS = {
     "eval_steps": (("eval_steps",), int), "save_steps": (("save_steps",), int), "seed": (("seed",), int),
     "max_length": (("max_length",), int), "name": (("name",), str),
 }
-FLAGS = {"packing": "packing", "merge": "merge", "gradient_checkpointing": "gradient_checkpointing"}
+FLAGS = {"packing": "packing", "group_by_length": "group_by_length", "merge": "merge",
+         "gradient_checkpointing": "gradient_checkpointing"}
 
 
 def _visible_run_or_404(request, run_id: int):
