@@ -7,9 +7,11 @@ The layout follows mergekit's planner:
   when it is not listed and the method takes a base);
 - slice by slice, output layer i is built from layer `start + i` of each source, with
   t = i / (n - 1) over the slice's n layers (t = 1 for a one-layer slice) for gradients;
-- tensors before the blocks (the embedding) come from the first slice's sources at t = 0,
-  every other tensor outside the main block stack (final norm, head, vision tower...) from
-  the last slice's sources at t = 1;
+- tensors before the blocks (the embedding) come from the first slice's sources, every
+  other tensor outside the main block stack (final norm, head, vision tower...) from the
+  last slice's sources; both at t = 0, where mergekit 0.1.5 evaluates them (its planner
+  reads them with the module's reader, whose t is 0), so a gradient gives them its first
+  value whichever end of the stack they sit at;
 - method-wide parameters are looked up with the output tensor's name, per-model ones with
   that model's input tensor name (what a `filter:` is matched against);
 - output names, dtypes and config.json follow the base model where it takes part, else the
@@ -477,7 +479,7 @@ class _Planner:
                 self._plan_layer(sl, offset, out_layer, t)
                 out_layer += 1
         self.out_layers = out_layer
-        self._plan_outside(self.slices[-1], "post", t=1.0)
+        self._plan_outside(self.slices[-1], "post", t=0.0)
         self._drop_unsliced_layers()
 
         self._check_shapes()
