@@ -603,12 +603,14 @@ def test_graft_with_other_signature(zoo: Zoo, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ adapters
 
 
-def write_adapter(folder: Path, rank: int = 2, out_features: int = 16) -> Path:
+def write_adapter(folder: Path, rank: int = 2, out_features: int = 16, *,
+                  peft_prefix: str = "base_model.model.", adapter_name: str = "") -> Path:
     folder.mkdir()
     rng = np.random.default_rng(0)
-    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
-    save_file({f"{prefix}.lora_A.weight": rng.standard_normal((rank, 16), dtype=np.float32),
-               f"{prefix}.lora_B.weight": rng.standard_normal((out_features, rank), dtype=np.float32)},
+    prefix = f"{peft_prefix}model.layers.0.self_attn.q_proj"
+    a = rng.standard_normal((rank, 16), dtype=np.float32)
+    b = rng.standard_normal((out_features, rank), dtype=np.float32)
+    save_file({f"{prefix}.lora_A{adapter_name}.weight": a, f"{prefix}.lora_B{adapter_name}.weight": b},
               str(folder / "adapter_model.safetensors"))
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 4,
                                                             "target_modules": ["q_proj"]}))
@@ -627,6 +629,32 @@ def test_model_plus_lora(zoo: Zoo, tmp_path: Path) -> None:
         zoo.plan("models: [{model: a+bad, parameters: {weight: 1}}]\nmerge_method: linear")
     with pytest.raises(ModelNotFoundError, match="model 'nowhere' is not in the registry"):
         zoo.plan("models: [{model: a+nowhere, parameters: {weight: 1}}]\nmerge_method: linear")
+
+
+@pytest.mark.parametrize("peft_prefix", ["base_model.model.", ""], ids=["peft-prefix", "bare"])
+@pytest.mark.parametrize("adapter_name", ["", ".default"], ids=["unnamed", "named"])
+def test_the_adapter_the_plan_accepts_is_the_one_the_merge_applies(zoo: Zoo, tmp_path: Path, peft_prefix: str,
+                                                                    adapter_name: str) -> None:
+    """Adapter tensor names with or without PEFT's prefix and adapter name: the planner and
+    the executor read them with one matcher, so an accepted adapter is never skipped."""
+    from apps.assembly.engine.executor import execute
+
+    zoo["lora"] = write_adapter(tmp_path / "lora", peft_prefix=peft_prefix, adapter_name=adapter_name)
+    text = "models: [{model: a+lora, parameters: {weight: 1}}]\nmerge_method: linear\ndtype: float32"
+    plan = zoo.plan(text)
+    assert next(m for m in plan.models if m.ref == "a+lora").adapter["modules"] == 1
+    execute(plan, tmp_path / "out", recipe_text=text, device="cpu")
+    merged = {}
+    for f in (tmp_path / "out").glob("*.safetensors"):
+        merged.update(load_file(str(f)))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    lora = load_file(str(zoo["lora"] / "adapter_model.safetensors"))
+    a = next(v for k, v in lora.items() if ".lora_A" in k)
+    b = next(v for k, v in lora.items() if ".lora_B" in k)
+    base = load_file(str(zoo["a"] / "model.safetensors"))[name]
+    np.testing.assert_allclose(merged[name], base + (4 / 2) * (b @ a), rtol=1e-5, atol=1e-5)
+    untouched = "model.layers.1.self_attn.q_proj.weight"
+    assert np.array_equal(merged[untouched], load_file(str(zoo["a"] / "model.safetensors"))[untouched])
 
 
 # ------------------------------------------------------------------------------------- misc

@@ -14,7 +14,6 @@ import functools
 import json
 import math
 import os
-import re
 import shutil
 import threading
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
+from apps.registry.engine.lora_names import lora_pairs
 from apps.registry.engine.model import read_model
 from apps.registry.engine.tensor_io import ShardFiles
 from apps.registry.engine.types import ModelFiles, TensorInfo
@@ -37,7 +37,6 @@ from .writer import DEFAULT_SHARD_BYTES, OutTensor, ShardedWriter
 TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                 "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
                 "BOOL": "bool"}
-_LORA = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight$")
 SIDE_FILES = ("generation_config.json",)
 CPU_WINDOW = 2  # outputs merged at once on a CPU
 # Methods whose pruning holds several full-size work tensors per task vector (sort keys and
@@ -77,11 +76,9 @@ class _Adapter:
         cfg = self.files.adapter_config or {}
         self.alpha, self.r = cfg.get("lora_alpha", 8), cfg.get("r", 8)
         self.alpha_pattern, self.rank_pattern = cfg.get("alpha_pattern") or {}, cfg.get("rank_pattern") or {}
-        self.pairs: dict[str, dict[str, TensorInfo]] = {}
-        for name, info in self.files.tensors.items():
-            m = _LORA.match(name)
-            if m:
-                self.pairs.setdefault(m["module"], {})[m["part"]] = info
+        self.pairs: dict[str, dict[str, TensorInfo]] = {
+            module: {part: self.files.tensors[name] for part, name in parts.items()}
+            for module, parts in lora_pairs(self.files.tensors).items()}
 
     def _scale(self, module: str) -> float:
         def pick(pattern: dict, default):

@@ -61,6 +61,7 @@ from apps.registry.engine.components import (
     walk,
 )
 from apps.registry.engine.header import HeaderError
+from apps.registry.engine.lora_names import lora_pairs
 from apps.registry.engine.model import read_model
 from apps.registry.engine.types import DTYPE_BYTES, Component, ModelFiles, TensorInfo
 
@@ -85,9 +86,6 @@ COST_NS = {"passthrough": 0.0, "graft": 0.0, "linear": 1.0, "slerp": 3.0, "nusle
 MERGEKIT_ONLY = ("sce", "multislerp", "nearswap", "karcher", "arcee_fusion")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HEAD_NAME = re.compile(r"(^|\.)(lm_head|embed_out)\.")
-# A PEFT LoRA pair: base_model.model.<module>.lora_A[.<adapter name>].weight
-_LORA = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<part>lora_A|lora_B)(?:\.[A-Za-z_]\w*)?"
-                   r"\.weight$")
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -623,11 +621,8 @@ class _Planner:
         if adapter.adapter_config is None:
             raise AdapterError(f"adapter {lora!r} of {model.key!r} is not a PEFT adapter "
                                "(no adapter_config.json)")
-        pairs: dict[str, dict[str, TensorInfo]] = {}
-        for name, info in adapter.tensors.items():
-            match = _LORA.match(name)
-            if match:
-                pairs.setdefault(match["module"], {})[match["part"]] = info
+        pairs = {module: {part: adapter.tensors[name] for part, name in parts.items()}
+                 for module, parts in lora_pairs(adapter.tensors).items()}
         for module, parts in sorted(pairs.items()):
             target = f"{module}.weight"
             if target not in model.files.tensors:

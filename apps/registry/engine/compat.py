@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .components import layer_ranges
+from .lora_names import PEFT_PREFIX, lora_name
 from .types import Component, ModelFiles, TensorInfo
 
 # How many examples a reason lists before it says "and N more".
@@ -22,12 +23,7 @@ EXAMPLES = 5
 MAX_REASONS = 10
 
 # PEFT prefixes its state dict with the wrapper's path to the base model.
-_PEFT_PREFIXES = ("base_model.model.",)
-# `...q_proj.lora_A.weight`, `...lora_A.default.weight`, `...lora_embedding_A`
-_LORA_RE = re.compile(
-    r"^(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
-    r"(?:\.[A-Za-z_][\w]*)?(?:\.weight)?$"
-)
+_PEFT_PREFIXES = (PEFT_PREFIX,)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -303,9 +299,9 @@ def _adapter(a: ModelFiles, b: ModelFiles) -> dict[str, Any]:
     parts: dict[str, dict[str, TensorInfo]] = {}
     extra: list[str] = []
     for name, info in adapter.tensors.items():
-        m = _LORA_RE.match(name)
+        m = lora_name(name)
         if m:
-            parts.setdefault(_strip_peft(m["module"]), {})[m["part"]] = info
+            parts.setdefault(m.module, {})[m.part] = info
         else:
             extra.append(name)
 

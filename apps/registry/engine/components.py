@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from .header import ConfigMismatchError
+from .lora_names import lora_name
 from .model import is_quantized, quantization
 from .types import Component, ModelFiles, TensorInfo
 
@@ -299,8 +300,6 @@ def _aliases(infos: list[TensorInfo]) -> list[list[str]]:
     return [sorted(names) for names in by_place.values() if len(names) > 1]
 
 
-_LORA = re.compile(r"^(?P<module>.+?)\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.[A-Za-z_]\w*)?"
-                   r"(\.weight)?$")
 
 
 def adapter_facts(model: ModelFiles) -> dict | None:
@@ -313,14 +312,14 @@ def adapter_facts(model: ModelFiles) -> dict | None:
     ranks: set[int] = set()
     layers: set[str] = set()
     for name, info in model.tensors.items():
-        match = _LORA.match(name)
-        if not match:
+        match = lora_name(name)
+        if not match or match.part == "lora_magnitude_vector":
             continue
-        modules.add(match["module"].rsplit(".", 1)[-1])
+        modules.add(match.module.rsplit(".", 1)[-1])
         block = block_of(name)
         if block:
             layers.add(f"{block[0]}.{block[1]}")
-        if match[2] == "lora_A" and len(info.shape) == 2:
+        if match.part == "lora_A" and len(info.shape) == 2:
             ranks.add(info.shape[0])
     targets = cfg.get("target_modules")
     return {
