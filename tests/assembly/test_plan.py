@@ -657,6 +657,19 @@ def test_the_adapter_the_plan_accepts_is_the_one_the_merge_applies(zoo: Zoo, tmp
     assert np.array_equal(merged[untouched], load_file(str(zoo["a"] / "model.safetensors"))[untouched])
 
 
+def test_the_estimate_predicts_validation_next_to_the_merge(zoo: Zoo) -> None:
+    """Validation evaluates the result and each parent one at a time, in its stored dtype:
+    its peak is the largest single model's need, at least that model's weights."""
+    est = zoo.plan(TIES).estimate
+    assert set(est.validation_models) == {"result", "a", "b", "c", "base"}
+    assert est.validation_peak_memory_bytes == max(est.validation_models.values())
+    assert est.validation_models["result"] > est.output_bytes  # float16 result: its weights and more
+    parent_bytes = sum(f.stat().st_size for f in zoo["a"].glob("*.safetensors"))
+    assert est.validation_models["a"] > parent_bytes - 4096  # float32 parent, not cast
+    assert est.validation_seconds > 0
+    assert {"validation_peak_memory_bytes", "validation_seconds"} <= set(est.to_json())
+
+
 # ------------------------------------------------------------------------------------- misc
 
 

@@ -42,3 +42,50 @@ def test_default_texts_are_real_prose_and_stable():
     texts = default_texts(10)
     assert len(texts) == 10 and texts == default_texts(10)
     assert all(len(t) > 80 for t in texts)
+
+
+@pytest.fixture(scope="module")
+def merged_bf16(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vb")
+    family = make_llama_family(root / "family")
+    recipe = parse_recipe("merge_method: linear\nmodels:\n  - model: even\n    parameters: {weight: 0.5}\n"
+                          "  - model: late\n    parameters: {weight: 0.5}\ndtype: bfloat16\n")
+    paths = {"even": family["tune-even"], "late": family["tune-late"]}
+    execute(make_plan(recipe, lambda r: paths[r]), root / "out")
+    return root / "out", paths
+
+
+def test_each_model_is_evaluated_in_its_stored_dtype(merged_bf16):
+    from safetensors import safe_open
+
+    out, parents = merged_bf16
+    report = validate(out, parents, max_samples=2)
+    assert report.dtypes["result"] == "bfloat16"  # never a float32 copy of a bf16 result
+    with safe_open(str(next(parents["even"].glob("*.safetensors"))), "pt") as f:
+        stored = str(f.get_slice(next(iter(f.keys()))).get_dtype())
+    assert report.dtypes["even"] == {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[stored]
+    assert report.skipped == {} and report.to_json()["device"] == "cpu"
+
+
+def test_the_predicted_need_is_the_weights_plus_the_logits(merged_bf16):
+    from apps.assembly.engine.validation import model_memory, validation_memory
+
+    out, parents = merged_bf16
+    weights = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    need = model_memory(out, max_tokens=256)
+    assert weights < need < weights + 2 * 2**30  # the weights, once, in bf16, plus a bounded rest
+    peak = validation_memory(weights, None, parents)
+    assert peak["peak"] == max(peak["models"].values()) and set(peak["models"]) == {"result", "even", "late"}
+
+
+def test_models_that_do_not_fit_the_budget_are_skipped_with_the_numbers(merged):
+    from apps.assembly.engine.validation import model_memory
+
+    out, parents = merged
+    budget = model_memory(out) - 1  # not even the result fits
+    gate = {"metric": "loss_ratio_to_best_parent", "max": 1.5}
+    report = validate(out, parents, max_samples=2, memory_budget=budget, gates=[gate])
+    assert set(report.skipped) == {"result", "even", "late"}
+    assert "GiB to evaluate" in report.skipped["result"] and "available on cpu" in report.skipped["result"]
+    assert report.losses["result"] is None and not report.ok
+    assert "not measured" in report.gates[0]["why"] and "result: needs" in report.gates[0]["why"]

@@ -66,12 +66,18 @@ from apps.registry.engine.model import read_model
 from apps.registry.engine.types import DTYPE_BYTES, Component, ModelFiles, TensorInfo
 
 from .recipe import DTYPES, InputSlice, ModelRef, Recipe, parameter, setting_scalars
+from .validation import evaluation_need
 
 Resolver = Callable[[str], Path]
 
 READ_BYTES_PER_S = 500e6  # an ordinary SSD, streamed
 WRITE_BYTES_PER_S = 500e6
 WRITE_BUFFER_BYTES = 1 << 30  # the writer holds at most this much of a shard before flushing
+# Validation: each model's loss on this many texts of up to VALIDATION_TOKENS tokens, one
+# model at a time, at this many floating-point operations a second (a CPU figure).
+VALIDATION_TEXTS = 16
+VALIDATION_TOKENS = 256
+VALIDATION_FLOPS = 50e9
 # Working copies a method holds per input (deltas, masks, float32 upcasts), and its cost in
 # nanoseconds per element per input on a CPU. Rough on purpose: they rank, they do not promise.
 MEMORY_FACTOR = {"passthrough": 1.0, "graft": 1.0, "linear": 2.0, "slerp": 3.0, "nuslerp": 3.0,
@@ -261,12 +267,20 @@ class Estimate:
     seconds: float
     largest_tensor: str | None
     assumptions: dict[str, Any]
+    # Validating the result against its parents afterwards, one model at a time, each in
+    # its stored dtype: the largest single model's need, and the time for all of them.
+    validation_peak_memory_bytes: int = 0
+    validation_seconds: float = 0.0
+    validation_models: dict[str, int] = field(default_factory=dict)  # label -> bytes to evaluate it
 
     def to_json(self) -> dict:
         return {"read_bytes": self.read_bytes, "output_bytes": self.output_bytes,
                 "disk_bytes": self.disk_bytes, "peak_memory_bytes": self.peak_memory_bytes,
                 "seconds": round(self.seconds, 3),
-                "largest_tensor": self.largest_tensor, "assumptions": self.assumptions}
+                "largest_tensor": self.largest_tensor, "assumptions": self.assumptions,
+                "validation_peak_memory_bytes": self.validation_peak_memory_bytes,
+                "validation_seconds": round(self.validation_seconds, 3),
+                "validation_models": self.validation_models}
 
 
 @dataclass
@@ -315,6 +329,13 @@ class Plan:
 
 
 # ------------------------------------------------------------------------------ the models
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _nbytes(numel: int, dtype: str) -> int:
@@ -488,7 +509,7 @@ class _Planner:
         config = self._config(vocab)
         self._apply_grafts(config)
         self._account()
-        estimate = self._estimate(tokenizer)
+        estimate = self._estimate(tokenizer, config)
         return Plan(
             recipe=recipe, method=self.method.name, deterministic=bool(self.method.deterministic),
             base_model=base_key, models=[self._model_input(m) for m in self.models.values()],
@@ -1141,7 +1162,7 @@ class _Planner:
             raise UnaccountedTensorError(f"{len(missing)} input tensor(s) are neither used nor dropped "
                                          f"with a reason: {', '.join(missing[:5])}")
 
-    def _estimate(self, tokenizer: dict) -> Estimate:
+    def _estimate(self, tokenizer: dict, config: dict) -> Estimate:
         read = 0
         peak = 0
         largest = None
@@ -1168,6 +1189,17 @@ class _Planner:
         side += len(json.dumps(self.template.files.config or {}))
         write = min(output_bytes, WRITE_BUFFER_BYTES)
         seconds = read / READ_BYTES_PER_S + output_bytes / WRITE_BYTES_PER_S + cost
+        texts = (self.recipe.validation and self.recipe.validation.max_samples) or VALIDATION_TEXTS
+        numel_out = sum(_numel(o.shape) for o in self.outputs)
+        checked = {"result": (output_bytes, numel_out, config)}
+        for m in self.models.values():
+            if set(m.roles) & {"source", "base"}:
+                checked[m.key] = (sum(t.nbytes for t in m.files.tensors.values()),
+                                  sum(_numel(t.shape) for t in m.files.tensors.values()), m.files.config)
+        needs = {label: evaluation_need(b, cfg, max_tokens=VALIDATION_TOKENS)
+                 for label, (b, _, cfg) in checked.items()}
+        validation_seconds = sum(b / READ_BYTES_PER_S + 2 * n * texts * VALIDATION_TOKENS / VALIDATION_FLOPS
+                                 for b, n, _ in checked.values())
         return Estimate(
             read_bytes=read, output_bytes=output_bytes, disk_bytes=output_bytes + side,
             peak_memory_bytes=peak + write, seconds=seconds, largest_tensor=largest,
@@ -1175,7 +1207,11 @@ class _Planner:
                          "write_buffer_bytes": WRITE_BUFFER_BYTES,
                          "memory_factor": MEMORY_FACTOR.get(self.method.name, 3.0),
                          "cost_ns_per_element": COST_NS.get(self.method.name, 5.0),
-                         "compute_dtype": self.recipe.dtype or "the inputs' own"},
+                         "compute_dtype": self.recipe.dtype or "the inputs' own",
+                         "validation_texts": texts, "validation_tokens": VALIDATION_TOKENS,
+                         "validation_flops": VALIDATION_FLOPS},
+            validation_peak_memory_bytes=max(needs.values()), validation_seconds=validation_seconds,
+            validation_models=needs,
         )
 
     def _model_input(self, model: _Model) -> ModelInput:

@@ -37,6 +37,8 @@ class Command(ForegroundCommand):
                      f"({acc['uses']} uses, {acc['dropped']} dropped on purpose)",
                      f"needs about {est['peak_memory_bytes'] / 1e9:.2f} GB of memory, "
                      f"{est['disk_bytes'] / 1e9:.2f} GB of disk, {est['seconds']:.0f} s",
+                     f"validation needs about {est['validation_peak_memory_bytes'] / 1e9:.2f} GB of memory "
+                     f"(one model at a time), {est['validation_seconds']:.0f} s",
                      *[f"warning: {w}" for w in data["warnings"]]]
             self.stdout.write(json.dumps(data, default=str) if self.as_json else "\n".join(lines))
             return
