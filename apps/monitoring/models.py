@@ -41,6 +41,10 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # What the run used: the peak resident memory of the process tree that ran it, and the
+    # peak GPU memory torch allocated (null without CUDA).
+    peak_rss = models.BigIntegerField(null=True, blank=True)
+    peak_gpu_memory = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -150,9 +150,9 @@ def job_heartbeat(*, job_id: int) -> None:
 
 
 def job_finish(*, job_id: int, status: str, result=None, error: str = "",
-               traceback: str = "") -> None:
+               traceback: str = "", peak_rss: int | None = None, peak_gpu_memory: int | None = None) -> None:
     fields = {"status": status, "finished_at": timezone.now(), "error": error[:10_000],
-              "traceback": traceback}
+              "traceback": traceback, "peak_rss": peak_rss, "peak_gpu_memory": peak_gpu_memory}
     if result is not None:
         fields["result"] = result
     if status == Job.Status.SUCCEEDED:

@@ -18,6 +18,7 @@ from django.db import close_old_connections, connection
 from apps.monitoring import services
 from apps.monitoring.engine.reporter import JobCancelled
 from apps.monitoring.engine.selftest import SelftestSpec, run_selftest
+from apps.monitoring.engine.usage import UsageWatch
 from apps.monitoring.jobkinds import JOB_KINDS, job_kind
 from apps.monitoring.models import Job, JobEvent
 from audobon_site.queues import QUEUE_NAMES, QUEUES
@@ -128,6 +129,8 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
     heartbeat = _Heartbeat(job_id) if in_worker else None
     if heartbeat:
         heartbeat.start()
+    usage = UsageWatch().start()
+    used = {}
     try:
         if kind is None:
             raise LookupError(f"no worker code for job kind {job.kind!r}")
@@ -137,16 +140,19 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
             result = kind.run(spec, reporter, job)
         finally:
             reporter.flush()
+            usage.stop()
+            used = {"peak_rss": usage.peak_rss, "peak_gpu_memory": usage.peak_gpu_memory}
     except JobCancelled:
-        services.job_finish(job_id=job_id, status=Job.Status.CANCELLED)
+        services.job_finish(job_id=job_id, status=Job.Status.CANCELLED, **used)
     except Exception as exc:
         logger.exception("job %s (%s) failed", job_id, job.kind)
         services.job_finish(job_id=job_id, status=Job.Status.FAILED,
                             error=f"{type(exc).__name__}: {exc}",
-                            traceback=traceback.format_exc())
+                            traceback=traceback.format_exc(), **used)
     else:
-        services.job_finish(job_id=job_id, status=Job.Status.SUCCEEDED, result=result)
+        services.job_finish(job_id=job_id, status=Job.Status.SUCCEEDED, result=result, **used)
     finally:
+        usage.stop()
         if heartbeat:
             heartbeat.stopped.set()
             heartbeat.join(timeout=5)

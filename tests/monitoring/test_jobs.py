@@ -207,3 +207,29 @@ def test_reporter_throttles_progress_rows_but_keeps_every_metric():
     assert (job.steps_done, job.progress) == (50, 1.0)
     assert job.events.filter(kind=JobEvent.Kind.METRIC).count() == 50
     assert 1 <= job.events.filter(kind=JobEvent.Kind.PROGRESS).count() < 50
+
+
+def test_a_job_records_the_peak_memory_of_its_run(temp_job_kind):
+    """The peak RSS of the process tree that ran the job: here, what the job allocated on
+    top of what the process already held (kept alive past the run, so the last sample at
+    the job's end sees it whatever the timing)."""
+    import psutil
+    import torch
+
+    from apps.monitoring.engine.usage import tree_rss
+
+    held = []
+
+    def run(spec, reporter, job):
+        held.append(bytearray(b"\x01") * (300 * 2**20))  # written, so resident
+        return {}
+
+    temp_job_kind(JobKind(name="t-mem", label="t", area="monitoring", spec_model=_Empty, run=run))
+    before = tree_rss(psutil.Process())
+    job = services.job_submit(kind="t-mem", spec={})
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.peak_rss >= before + 250 * 2**20
+    if not torch.cuda.is_available():
+        assert job.peak_gpu_memory is None
+    failed = services.job_submit(kind="selftest", spec={**FAST, "fail_at": 2})
+    assert failed.status == Job.Status.FAILED and failed.peak_rss > 0  # failures are measured too
