@@ -149,3 +149,65 @@ def health_report() -> dict:
 
 def job_kinds_for_area(*, area: str) -> list:
     return sorted((k for k in JOB_KINDS.values() if k.area == area), key=lambda k: k.name)
+
+
+# --- what a job made, and its spec and result as tables ------------------------------------------
+
+TABLE_ROWS = 200
+
+
+def table_rows(data, *, limit: int = TABLE_ROWS) -> list[dict]:
+    """A nested spec or result as rows of (dotted key, text): dicts are walked, lists of
+    scalars joined, anything else shown as compact JSON; multi-line text marked `long`."""
+    import json
+
+    rows: list[dict] = []
+
+    def walk(prefix: str, value) -> None:
+        if len(rows) >= limit:
+            return
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+            return
+        if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+            text = ", ".join("—" if v is None else str(v) for v in value)
+        elif isinstance(value, dict | list):
+            text = json.dumps(value, default=str)
+        else:
+            text = "—" if value is None else str(value)
+        rows.append({"key": prefix or "(value)", "text": text, "long": "\n" in text or len(text) > 200})
+
+    if data not in (None, {}, []):
+        walk("", data)
+    return rows
+
+
+def job_outputs(*, job: Job) -> list[dict]:
+    """The asset versions a job registered (through `AssetVersion.job`), each with its
+    validation (assembly) or evaluation (training) summary as table rows."""
+    from django.apps import apps
+
+    version_model = apps.get_model("assets", "AssetVersion")
+    out = []
+    for v in version_model.objects.filter(job_id=job.pk).select_related("asset").order_by("created_at"):
+        meta = v.metadata or {}
+        summary = []
+        if isinstance(meta.get("validation"), dict):
+            val = meta["validation"]
+            summary = table_rows({"loss": val.get("losses"), "skipped": val.get("skipped") or None,
+                                  "gates passed": val.get("ok")}, limit=12)
+        elif isinstance(meta.get("evaluation"), dict):
+            summary = table_rows(meta["evaluation"], limit=12)
+        out.append({"version": v, "summary": summary})
+    return out
+
+
+def job_usage(job: Job) -> dict:
+    """Duration, peak memory and throughput (steps a second) of a job that has run."""
+    if not job.started_at:
+        return {}
+    end = job.finished_at or timezone.now()
+    seconds = max((end - job.started_at).total_seconds(), 0.0)
+    return {"seconds": round(seconds, 1), "peak_rss": job.peak_rss, "peak_gpu_memory": job.peak_gpu_memory,
+            "steps_per_second": round(job.steps_done / seconds, 2) if seconds and job.steps_done else None}

@@ -51,6 +51,9 @@ def job_detail(request, job_id: int):
     job = _visible_job_or_404(request, job_id)
     live = selectors.job_live_context(job=job, after=-1)
     ctx = {**live, "history": selectors.job_history(job=job, up_to=live["last_event_id"])}
+    if not request.htmx:
+        ctx.update(outputs=selectors.job_outputs(job=job), usage=selectors.job_usage(job),
+                   spec_rows=selectors.table_rows(job.spec), result_rows=selectors.table_rows(job.result))
     template = "monitoring/job_detail.html#live" if request.htmx else "monitoring/job_detail.html"
     return render(request, template, ctx)
 
