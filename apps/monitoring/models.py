@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Job(models.Model):
@@ -95,9 +96,12 @@ class WorkerHeartbeat(models.Model):
 
 
 class ResourceSample(models.Model):
-    """CPU, RAM, disk and GPU, every few seconds, from the sampler process."""
+    """CPU, RAM, disk and GPU, every few seconds, from the sampler process. Raw samples
+    older than an hour are folded into one row a minute (`resolution` 60: the minute's
+    means), and rows older than a week are deleted."""
 
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    resolution = models.PositiveIntegerField(default=0)  # 0: one reading; N: the mean of N seconds
     cpu_percent = models.FloatField()
     ram_used = models.BigIntegerField()
     ram_total = models.BigIntegerField()

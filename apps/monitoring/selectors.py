@@ -211,3 +211,26 @@ def job_usage(job: Job) -> dict:
     seconds = max((end - job.started_at).total_seconds(), 0.0)
     return {"seconds": round(seconds, 1), "peak_rss": job.peak_rss, "peak_gpu_memory": job.peak_gpu_memory,
             "steps_per_second": round(job.steps_done / seconds, 2) if seconds and job.steps_done else None}
+
+
+def resource_history(*, hours: float = 1.0, now=None) -> str:
+    """An SVG chart of CPU and RAM use (percent) over the last `hours`, from the stored
+    samples (raw for the last hour, minute means before it); "" when there are none."""
+    from datetime import timedelta
+
+    now = now or timezone.now()
+    rows = ResourceSample.objects.filter(created_at__gte=now - timedelta(hours=hours)).order_by("created_at")
+    if hours > 1:  # the minute means, and the raw samples of the last hour folded the same way
+        rows = rows.filter(resolution__gt=0) | rows.filter(created_at__gte=now - timedelta(hours=1))
+    cpu, ram, gpu = [], [], []
+    for s in rows.order_by("created_at").values("created_at", "cpu_percent", "ram_used", "ram_total", "gpus"):
+        x = round((s["created_at"] - now).total_seconds() / 60, 2)  # minutes, 0 = now
+        cpu.append((x, s["cpu_percent"]))
+        ram.append((x, 100 * s["ram_used"] / s["ram_total"] if s["ram_total"] else 0.0))
+        busy = [g["util_percent"] for g in s["gpus"] or [] if isinstance(g.get("util_percent"), int | float)]
+        if busy:
+            gpu.append((x, sum(busy) / len(busy)))
+    series = {"CPU %": cpu, "RAM %": ram}
+    if gpu:
+        series["GPU %"] = gpu
+    return mark_safe(line_chart_svg(series, width=420, height=120))  # noqa: S308 - numbers and fixed names

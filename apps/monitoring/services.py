@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from datetime import timedelta
 
 import psutil
@@ -22,7 +23,9 @@ from apps.monitoring.models import Job, JobEvent, ResourceSample, WorkerHeartbea
 logger = logging.getLogger(__name__)
 
 HOSTNAME = socket.gethostname()
-SAMPLE_KEEP = timedelta(days=7)
+SAMPLE_KEEP = timedelta(days=7)  # minute means are kept this long
+SAMPLE_RAW_KEEP = timedelta(hours=1)  # raw samples this long, then folded into minute means
+_compacted_at = [0.0]
 
 
 class JobSpecError(ValueError):
@@ -250,8 +253,50 @@ def resource_sample_record(*, reading) -> ResourceSample:
         cpu_percent=reading.cpu_percent, ram_used=reading.ram_used, ram_total=reading.ram_total,
         disk_free=reading.disk_free, disk_total=reading.disk_total, gpus=reading.gpus,
     )
-    ResourceSample.objects.filter(created_at__lt=timezone.now() - SAMPLE_KEEP).delete()
+    if time.monotonic() - _compacted_at[0] >= 60:  # folding is a minute's work at most
+        _compacted_at[0] = time.monotonic()
+        resources_compact()
     return sample
+
+
+def _mean_gpus(rows: list[list[dict]]) -> list[dict]:
+    by_index: dict = {}
+    for gpus in rows:
+        for g in gpus or []:
+            by_index.setdefault(g.get("index"), []).append(g)
+    out = []
+    for _index, readings in sorted(by_index.items(), key=lambda kv: str(kv[0])):
+        mean = dict(readings[-1])
+        for key in ("util_percent", "mem_used_mb", "temp_c"):
+            values = [r[key] for r in readings if isinstance(r.get(key), int | float)]
+            mean[key] = round(sum(values) / len(values), 2) if values else None
+        out.append(mean)
+    return out
+
+
+def resources_compact(*, now=None) -> dict:
+    """Raw samples older than SAMPLE_RAW_KEEP become one row a minute holding their means;
+    rows older than SAMPLE_KEEP go. Returns {"folded": raw rows folded, "minutes": rows made,
+    "deleted": old rows removed}."""
+    now = now or timezone.now()
+    deleted, _ = ResourceSample.objects.filter(created_at__lt=now - SAMPLE_KEEP).delete()
+    cutoff = (now - SAMPLE_RAW_KEEP).replace(second=0, microsecond=0)  # whole minutes only
+    raw = list(ResourceSample.objects.filter(resolution=0, created_at__lt=cutoff).order_by("created_at"))
+    buckets: dict = {}
+    for s in raw:
+        buckets.setdefault(s.created_at.replace(second=0, microsecond=0), []).append(s)
+    made = []
+    for minute, rows in buckets.items():
+        n = len(rows)
+        made.append(ResourceSample(
+            created_at=minute, resolution=60, cpu_percent=sum(r.cpu_percent for r in rows) / n,
+            ram_used=sum(r.ram_used for r in rows) // n, ram_total=rows[-1].ram_total,
+            disk_free=sum(r.disk_free for r in rows) // n, disk_total=rows[-1].disk_total,
+            gpus=_mean_gpus([r.gpus for r in rows])))
+    with transaction.atomic():
+        ResourceSample.objects.bulk_create(made)
+        ResourceSample.objects.filter(pk__in=[s.pk for s in raw]).delete()
+    return {"folded": len(raw), "minutes": len(made), "deleted": deleted}
 
 
 # --- accounts ----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ def dashboard(request):
         "selftest_form": SelftestForm(),
         "workers": selectors.workers_status(),
         "sample": selectors.resource_latest(),
+        "history_hour": selectors.resource_history(hours=1),
+        "history_week": selectors.resource_history(hours=24 * 7),
     }
     template = "monitoring/dashboard.html#recent_jobs" if request.htmx else "monitoring/dashboard.html"
     return render(request, template, ctx)

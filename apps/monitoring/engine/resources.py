@@ -1,4 +1,6 @@
-"""One reading of CPU, RAM, disk and GPU use. No torch: GPUs come from nvidia-smi."""
+"""One reading of CPU, RAM, disk and GPU use. No torch: GPUs come from NVML (the
+`nvidia-ml-py` package, in process, cheap enough for a reading every 2 s), or from
+`nvidia-smi` where NVML cannot be loaded."""
 
 from __future__ import annotations
 
@@ -22,7 +24,43 @@ class ResourceReading:
     gpus: list[dict] = field(default_factory=list)
 
 
+_nvml_state: dict = {}  # "ok": True once initialised, False once it failed (not retried)
+
+
+def read_gpus_nvml() -> list[dict] | None:
+    """Each GPU's utilisation, memory and temperature through NVML; None when NVML is not
+    there (no package, no driver), so the caller can fall back."""
+    if _nvml_state.get("ok") is False:
+        return None
+    try:
+        import pynvml
+
+        if not _nvml_state.get("ok"):
+            pynvml.nvmlInit()
+            _nvml_state["ok"] = True
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            gpus.append({
+                "index": i, "name": name.decode() if isinstance(name, bytes) else str(name),
+                "util_percent": float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                "mem_used_mb": round(mem.used / 2**20, 1), "mem_total_mb": round(mem.total / 2**20, 1),
+                "temp_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+            })
+        return gpus
+    except Exception:  # ImportError, NVMLError (no driver, a GPU gone): not usable now
+        if not _nvml_state.get("ok"):
+            _nvml_state["ok"] = False
+        return None
+
+
 def read_gpus(nvidia_smi: str | None = None) -> list[dict]:
+    if nvidia_smi is None:
+        found = read_gpus_nvml()
+        if found is not None:
+            return found
     exe = nvidia_smi or shutil.which("nvidia-smi")
     if not exe:
         return []
