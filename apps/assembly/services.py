@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
-from apps.assembly.engine.plan import Plan, make_plan
+from apps.assembly.engine.plan import ModelNotFoundError, ModelReadError, Plan, PlanError, make_plan
 from apps.assembly.engine.recipe import parse_recipe
 from apps.assets import selectors as asset_selectors
 from apps.assets import services as asset_services
 from apps.assets.models import AssetVersion
+from apps.assets.roots import PathNotAllowedError, roots_text, web_may_read, web_path_check
 from apps.monitoring.engine.reporter import NullReporter
 from apps.monitoring.startup import on_startup
 from apps.registry import services as registry_services
@@ -38,9 +40,15 @@ def assembly_startup_clean() -> int:
 
 # --- resolving model references ---------------------------------------------------------------
 
-def resolve_reference(ref: str) -> tuple[Path, AssetVersion | None]:
+def resolve_reference(ref: str, *, web: bool = False) -> tuple[Path, AssetVersion | None]:
     """A recipe's model reference → its folder: a path, `asset:NAME@V`, a library name, or a
-    Hugging Face id found by a registry scan (`org/name`). LookupError names what is missing."""
+    Hugging Face id found by a registry scan (`org/name`). LookupError names what is missing.
+
+    With `web` (a recipe typed in the browser), library names and registered ids come first,
+    and a path must pass the web's boundary (apps/assets/roots.py) before anything on disk is
+    looked at, so a refusal tells nothing about whether the path exists."""
+    if web:
+        return _resolve_for_web(ref)
     text = ref.removeprefix("asset:")
     if "/" in text and not Path(text).exists():
         repo, _, rev = text.partition("@")
@@ -55,10 +63,119 @@ def resolve_reference(ref: str) -> tuple[Path, AssetVersion | None]:
         raise LookupError(f"model {ref!r} is not in the registry") from None
 
 
-def recipe_plan(text: str) -> Plan:
-    """Parse and plan; RecipeError and PlanError carry messages for the user."""
+def _resolve_for_web(ref: str) -> tuple[Path, AssetVersion | None]:
+    text = ref.removeprefix("asset:")
+    try:
+        version = asset_selectors.asset_version_get(ref=text)
+    except LookupError:
+        version = None
+    if version is not None:
+        return registry_services.version_folder(version), version
+    looks_like_path = text.startswith(("/", "~", ".")) or "\\" in text
+    if "/" in text and not looks_like_path:
+        repo, _, rev = text.partition("@")
+        found = DiscoveredModel.objects.filter(name=repo, missing=False).exclude(asset=None).first()
+        if found is not None:
+            try:
+                version = asset_selectors.asset_version_get(
+                    ref=found.asset.name + (f"@{rev}" if rev.isdigit() else ""))
+            except LookupError as exc:
+                raise LookupError(f"model {ref!r}: {exc}") from None
+            return registry_services.version_folder(version), version
+    if not looks_like_path:
+        raise LookupError(f"model {ref!r} is not in the registry (a library name, a scanned "
+                          "org/name, or the absolute path of a folder under an import root)")
+    return web_model_path(text), None
+
+
+def web_model_path(text: str) -> Path:
+    """A model path named in the browser: a folder or a .safetensors file the web may read,
+    whose links (the files the planner opens) stay where the web may read. LookupError with
+    the roots otherwise, the same whether or not the path exists."""
+    try:
+        path = web_path_check(text)
+    except PathNotAllowedError as exc:
+        raise LookupError(str(exc)) from None
+    if path.is_dir():
+        try:
+            with os.scandir(path) as it:
+                links = [e.path for e in it if e.is_symlink()]
+        except OSError as exc:
+            raise LookupError(f"{text}: the folder cannot be read ({exc.strerror or exc})") from None
+        for link in links:
+            if not web_may_read(link):
+                raise LookupError(f"{text}: {Path(link).name} links outside the folders the web may "
+                                  f"read ({roots_text()})")
+    elif path.suffix != ".safetensors":
+        raise LookupError(f"{text}: not a model folder or a .safetensors file")
+    return path
+
+
+# What a broken header is, in words: a plan shown in the browser names the kind of defect,
+# never the values read from the file (its first bytes, say, as a "header length").
+_HEADER_DEFECTS = {
+    "TruncatedFileError": "the file is truncated or too short for a safetensors header",
+    "HeaderTooLargeError": "its header length is not plausible",
+    "HeaderEncodingError": "its header is not valid JSON text",
+    "UnknownDtypeError": "a tensor has an unknown dtype",
+    "BadShapeError": "a tensor shape is not valid",
+    "BadOffsetsError": "tensor offsets do not fit the file",
+    "DuplicateTensorError": "a tensor name appears twice",
+    "MissingShardError": "a shard named by the index is missing",
+    "BadIndexError": "the shard index is not valid",
+    "ConfigMismatchError": "the config does not match the weights",
+}
+
+
+def _without_file_bytes(exc: PlanError) -> PlanError:
+    """The same error, its message cut to what the recipe said plus the kind of defect, when it
+    wraps a header error (whose message quotes what it read from the file)."""
+    from apps.registry.engine.header import HeaderError
+
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(cause, HeaderError):
+        return exc
+    subject = str(exc).split(": ", 1)[0]
+    defect = _HEADER_DEFECTS.get(type(cause).__name__, "it is not a readable safetensors model")
+    return type(exc)(f"{subject}: cannot be read: {defect}")
+
+
+def recipe_plan(text: str, *, web: bool = False) -> Plan:
+    """Parse and plan; RecipeError and PlanError carry messages for the user. With `web`, every
+    path the recipe names (models, adapters, the validation dataset) must pass the web's
+    boundary, and no message quotes bytes read from a file."""
+    from apps.registry.engine.header import HeaderError
+
     recipe = parse_recipe(text)
-    return make_plan(recipe, lambda ref: resolve_reference(ref)[0])
+    try:
+        plan = make_plan(recipe, lambda ref: resolve_reference(ref, web=web)[0])
+    except PlanError as exc:
+        if not web:
+            raise
+        raise _without_file_bytes(exc) from None
+    except (HeaderError, UnicodeError) as exc:
+        if not web:
+            raise
+        defect = _HEADER_DEFECTS.get(type(exc).__name__, "it is not a readable safetensors model")
+        raise ModelReadError(f"a model of the recipe cannot be read: {defect}") from None
+    if web and recipe.validation and recipe.validation.dataset:
+        _web_dataset_check(recipe.validation.dataset)
+    return plan
+
+
+def _web_dataset_check(ref: str) -> None:
+    """A validation dataset named in the browser: a library asset, or a path the web may read
+    (a file or a folder of .jsonl/.txt/.md)."""
+    text = ref.removeprefix("asset:")
+    try:
+        asset_selectors.asset_version_get(ref=text)
+        return
+    except LookupError:
+        pass
+    try:
+        web_path_check(text)
+    except PathNotAllowedError as exc:
+        raise ModelNotFoundError(f"validation dataset {ref!r}: {exc}") from None
 
 
 def _input_versions(plan: Plan) -> list[AssetVersion]:

@@ -79,7 +79,7 @@ def _plan_context(text: str) -> dict:
     except GradientError:
         gradients = []
     try:
-        plan = services.recipe_plan(text)
+        plan = services.recipe_plan(text, web=True)  # paths only under the web's roots
     except (RecipeError, PlanError) as exc:
         problems = getattr(exc, "problems", None) or [str(exc)]
         return {"problems": problems, "gradients": gradients}
@@ -143,6 +143,14 @@ def run(request):
         return render(request, "assembly/editor.html", {"text": text, "name": name,
                                                         "recipes": Recipe.objects.all()[:50],
                                                         **_plan_context(text)}, status=400)
+    context = _plan_context(text)
+    if context.get("problems"):
+        # Planned as the browser may (paths under the web's roots only) before the job is
+        # queued: the job's own check would read any path the worker can.
+        messages.error(request, "The recipe does not plan: " + "; ".join(context["problems"]))
+        return render(request, "assembly/editor.html", {"text": text, "name": name,
+                                                        "recipes": Recipe.objects.all()[:50],
+                                                        **context}, status=400)
     try:
         job = job_submit(kind="assemble", spec={"recipe": text, "name": name}, owner=request.user)
     except JobSpecError as exc:

@@ -19,4 +19,14 @@ class RecoveryPointForm(forms.Form):
 
 
 class BackupForm(forms.Form):
-    dest = forms.CharField(max_length=1000, label="Backup file (on the server)")
+    """A name only: the file goes to AUDOBON_HOME/backups/<name>, never where a browser says."""
+    name = forms.CharField(max_length=104, label="Backup name",
+                           help_text="a plain file name, written to the backups folder")
+
+    def clean_name(self):
+        from apps.assets.services import AssetInputError, backup_name_check
+
+        try:
+            return backup_name_check(self.cleaned_data["name"])
+        except AssetInputError as exc:
+            raise forms.ValidationError(str(exc)) from None

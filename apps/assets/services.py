@@ -6,8 +6,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -17,8 +20,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.assets import search
-from apps.assets.engine.errors import BlobMissingError
-from apps.assets.engine.store import BlobStore, FileEntry
+from apps.assets.engine.errors import BlobMissingError, InPlaceChangedError, StoreError, UnsafePathError
+from apps.assets.engine.paths import clean_relative, in_place_file
+from apps.assets.engine.store import SHA256_RE, BlobStore, FileEntry, check_relative_path, hf_blob_sha
 from apps.assets.models import Asset, AssetVersion, Backup, RecoveryPoint, Tag, Upload
 from apps.monitoring.engine.reporter import NullReporter
 from apps.monitoring.startup import on_startup
@@ -111,13 +115,15 @@ def asset_version_create(*, name: str, kind: str, entries: list[FileEntry], owne
         raise AssetInputError(f"kind {kind!r} is not one of {', '.join(Asset.Kind.values)}")
     seen = set()
     for e in entries:
+        entry_check(e.path, e.sha256, e.size, in_place=bool(location))
         if e.path in seen:
             raise AssetInputError(f"file {e.path!r} appears twice in the version")
         seen.add(e.path)
     store = blob_store()
     if location:
-        root = Path(location)
-        missing = [e.path for e in entries if not (root / e.path).is_file()]
+        if not Path(location).is_absolute():
+            raise AssetInputError(f"location {location!r} is not an absolute path")
+        missing = [e.path for e in entries if not _in_place_path(location, e.path).is_file()]
     else:
         missing = [e.path for e in entries if not store.has(e.sha256)]
     if missing:
@@ -154,17 +160,33 @@ def asset_version_create(*, name: str, kind: str, entries: list[FileEntry], owne
     return version
 
 
+def entry_check(path, sha256, size, *, in_place: bool) -> None:
+    """One manifest entry as fresh input: a clean relative path (no absolute, `..` or dotfile),
+    a lowercase hex sha256 of 64 digits (empty only for a file referenced in place whose
+    hash is not known), and a size that is a non-negative integer."""
+    try:
+        clean_relative(path)
+    except UnsafePathError as exc:
+        raise AssetInputError(str(exc)) from None
+    if not isinstance(sha256, str) or not (SHA256_RE.fullmatch(sha256) or (in_place and sha256 == "")):
+        raise AssetInputError(f"file {path!r}: sha256 {sha256!r} is not 64 lowercase hex digits")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise AssetInputError(f"file {path!r}: size {size!r} is not a non-negative integer")
+
+
 def asset_import(*, source: Path, kind: str, name: str | None = None, link: bool = False,
                  owner=None, tags: Iterable[str] = (), description: str | None = None,
                  parents: Iterable[AssetVersion] = (), job=None, reporter=None,
-                 message: str | None = None) -> AssetVersion:
-    """Ingest a file or folder into the store and register it as a new version."""
+                 message: str | None = None, include=None) -> AssetVersion:
+    """Ingest a file or folder into the store and register it as a new version (dotfiles
+    left out; with `include`, only the relative paths it accepts)."""
     source = Path(source).expanduser()
     if not source.exists():
         raise AssetInputError(f"{source}: no such file or folder")
     name = asset_name_check(name or source.name)
     clean_tags = tags_clean(tags)
-    entries = blob_store().ingest_tree(source, link=link, reporter=reporter or NullReporter())
+    entries = blob_store().ingest_tree(source, link=link, reporter=reporter or NullReporter(),
+                                       include=include)
     if not entries:
         raise AssetInputError(f"{source}: there is no file in it to import")
     return asset_version_create(
@@ -197,32 +219,96 @@ def version_entries(version: AssetVersion) -> list[FileEntry]:
     return [FileEntry(path=p, sha256=v["sha256"], size=v["size"]) for p, v in version.manifest.items()]
 
 
+def _in_place_path(location: str, path: str) -> Path:
+    try:
+        return in_place_file(location, path)
+    except UnsafePathError as exc:
+        raise AssetInputError(str(exc)) from None
+
+
 def version_file(version: AssetVersion, path: str) -> Path:
-    """Where one file of a version is: its blob, or the file in the referenced folder."""
+    """Where one file of a version is: its blob, or the file in the referenced folder. A
+    path that is not clean, a hash that is not one, or a file of the folder that resolves
+    outside it (a link leaving it) is refused with a StoreError, checked on every call."""
     entry = version.manifest[path]
     if version.location:
-        return Path(version.location) / path
+        return in_place_file(version.location, path)
+    check_relative_path(path)
     return blob_store().blob_path(entry["sha256"])
 
 
+# A file's mtime may run a little ahead of the database's clock (another machine's disk).
+MTIME_SLACK_SECONDS = 2
+
+
+def version_file_checked(version: AssetVersion, path: str) -> Path:
+    """`version_file`, checked before it is served: a stored file's blob is there; a file
+    referenced in place is still the one the scan recorded (a regular file of the recorded
+    size, not modified since the version was made, and for a hub cache file still a link to
+    the blob named by the recorded sha256). Otherwise InPlaceChangedError, or BlobMissingError
+    when it is gone, saying what differs."""
+    src = version_file(version, path)
+    if not version.location:
+        if not src.is_file():
+            raise BlobMissingError(f"{version}: the blob of {path} is not in the store (run verify_store)")
+        return src
+    entry = version.manifest[path]
+    try:
+        st = os.stat(src)
+    except OSError:
+        raise BlobMissingError(f"{version} is referenced in place and its file {path} is gone "
+                               "(rescan the folder)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InPlaceChangedError(f"{version}: {path} is no longer a regular file (rescan the folder)")
+    if st.st_size != entry["size"]:
+        raise InPlaceChangedError(f"{version}: {path} changed since the scan: size {st.st_size} bytes, "
+                                  f"recorded {entry['size']} (rescan the folder)")
+    if entry["sha256"]:
+        named = hf_blob_sha(src)
+        if named is not None and named != entry["sha256"]:
+            raise InPlaceChangedError(f"{version}: {path} changed since the scan: hash mismatch, it is "
+                                      f"now {named}, recorded {entry['sha256']} (rescan the folder)")
+    made = version.created_at.timestamp() if version.created_at else None
+    if made is not None and st.st_mtime > made + MTIME_SLACK_SECONDS:
+        when = datetime.fromtimestamp(st.st_mtime, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        raise InPlaceChangedError(f"{version}: {path} changed since the scan: modified at {when} UTC, "
+                                  "after the version was made (rescan the folder)")
+    return src
+
+
 def asset_version_export(*, version: AssetVersion, dest: Path, reporter=None) -> None:
-    """Write a version's files into the new folder `dest` (atomically, hashes checked)."""
+    """Write a version's files into the new folder `dest` (atomically, hashes checked). Every
+    file lands inside `dest`: a manifest path that is not clean refuses the whole export."""
+    dest = Path(dest)
+    for path in version.manifest:
+        try:
+            check_relative_path(path)  # in place, version_file refuses dotfiles besides
+        except StoreError as exc:
+            raise AssetInputError(f"{version}: {exc}; nothing was exported") from None
     if not version.location:
         blob_store().export(version_entries(version), dest, reporter=reporter or NullReporter())
         return
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         raise AssetInputError(f"{dest} already exists")
-    tmp = dest.parent / f".{dest.name}.tmp-export"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for path in sorted(version.manifest):
-        target = tmp / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        src = version_file(version, path)
-        if not src.is_file():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise AssetInputError(f"{version} is referenced in place and {src} is gone")
-        shutil.copyfile(src, target)
-    tmp.rename(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-export-", dir=dest.parent))
+    try:
+        for path in sorted(version.manifest):
+            target = tmp / path
+            if not target.resolve().is_relative_to(tmp.resolve()):
+                raise AssetInputError(f"{path!r} would be written outside {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                src = version_file_checked(version, path)
+            except (UnsafePathError, InPlaceChangedError, BlobMissingError) as exc:
+                raise AssetInputError(str(exc)) from None
+            shutil.copyfile(src, target)
+        if dest.exists() or dest.is_symlink():
+            raise AssetInputError(f"{dest} appeared while exporting")
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def asset_version_restore(*, version: AssetVersion, user=None) -> AssetVersion:
@@ -317,7 +403,11 @@ def referenced_blobs() -> dict[str, int]:
     for manifest in AssetVersion.objects.filter(location="").values_list(
             "manifest", flat=True).iterator():
         for entry in manifest.values():
-            refs[entry["sha256"]] = entry["size"]
+            sha = entry.get("sha256") if isinstance(entry, dict) else None
+            # A malformed hash (a row restored before they were checked) names no blob: it
+            # must not stop every later backup, verify or gc.
+            if isinstance(sha, str) and SHA256_RE.fullmatch(sha):
+                refs[sha] = entry["size"]
     return refs
 
 
@@ -333,9 +423,12 @@ def store_verify(*, reporter=None):
                 affected.append({"version": str(version), "files": files})
     # Referenced in place: the files must still be there, at their size.
     for version in AssetVersion.objects.exclude(location="").select_related("asset").iterator():
-        root = Path(version.location)
-        gone = [p for p, e in version.manifest.items()
-                if not (root / p).is_file() or (root / p).stat().st_size != e["size"]]
+        gone = []
+        for p in version.manifest:
+            try:
+                version_file_checked(version, p)
+            except (StoreError, OSError):
+                gone.append(p)
         if gone:
             affected.append({"version": str(version), "files": gone, "location": version.location})
     return report, affected
@@ -374,8 +467,10 @@ def _uploads_root() -> Path:
 
 def upload_path_check(path: str) -> str:
     p = PurePosixPath(path.replace("\\", "/"))
-    if not path or p.is_absolute() or any(part in ("", ".", "..") for part in p.parts):
-        raise AssetInputError(f"upload file path {path!r} is not a plain relative path")
+    if (not path or p.is_absolute() or "\0" in path
+            or any(part in ("", ".", "..") or part.startswith(".") for part in p.parts)):
+        raise AssetInputError(f"upload file path {path!r} is not a plain relative path "
+                              "(no absolute path, `..` or dotfile)")
     return str(p)
 
 
@@ -486,17 +581,38 @@ def library_tables_dump() -> bytes:
     versions = []
     for v in AssetVersion.objects.select_related("created_by").prefetch_related("parents").order_by(
             "asset_id", "number"):
-        versions.append({
-            "id": str(v.pk), "asset": str(v.asset_id), "number": v.number, "manifest": v.manifest,
+        manifest, dropped = _restorable_manifest(v)
+        row = {
+            "id": str(v.pk), "asset": str(v.asset_id), "number": v.number, "manifest": manifest,
             "metadata": v.metadata, "parents": [str(p.pk) for p in v.parents.all()],
             "created_by": v.created_by.get_username() if v.created_by else None,
             "spec": v.spec, "message": v.message, "created_at": v.created_at.isoformat(),
             "location": v.location,
-        })
+        }
+        if dropped:
+            row["dropped_files"] = dropped
+        versions.append(row)
     points = [{"id": str(p.pk), "name": p.name, "heads": p.heads,
                "created_at": p.created_at.isoformat()} for p in RecoveryPoint.objects.all()]
     return json.dumps({"format": BACKUP_FORMAT, "assets": assets, "versions": versions,
                        "recovery_points": points}, sort_keys=True).encode()
+
+
+def _restorable_manifest(version: AssetVersion) -> tuple[dict, list[str]]:
+    """The manifest entries a restore accepts (see `entry_check`), and the paths left out:
+    dotfiles and malformed rows that older versions of Audobon let in. A backup Audobon writes
+    always restores; what it leaves out is named in the row's `dropped_files`."""
+    kept, dropped = {}, []
+    for path, entry in version.manifest.items():
+        try:
+            if not isinstance(entry, dict):
+                raise AssetInputError("not an object")
+            entry_check(path, entry.get("sha256"), entry.get("size"), in_place=bool(version.location))
+        except AssetInputError:
+            dropped.append(path)
+        else:
+            kept[path] = entry
+    return kept, dropped
 
 
 def library_backup(*, dest: Path, job=None, reporter=None) -> Backup:
@@ -514,37 +630,209 @@ def library_backup(*, dest: Path, job=None, reporter=None) -> Backup:
                                  assets=Asset.objects.count(), verified=True, job=job)
 
 
+BACKUP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")
+
+
+def backup_name_check(name: str) -> str:
+    """A backup's file name as the web gives it: a plain name (letters, digits, . _ -, not
+    starting with a dot), `.tar` added when missing. Never a path."""
+    name = (name or "").strip()
+    if not BACKUP_NAME_RE.fullmatch(name) or ".." in name:
+        raise AssetInputError(f"backup name {name!r} is not allowed: a plain file name of letters, "
+                              "digits, . _ - (up to 100 characters), no folder")
+    return name if name.endswith(".tar") else f"{name}.tar"
+
+
+def backup_dest_for(name: str) -> Path:
+    """Where a backup named from the web goes: AUDOBON_HOME/backups/<name>."""
+    return Path(settings.AUDOBON_HOME) / "backups" / backup_name_check(name)
+
+
+class _RowError(AssetInputError):
+    pass
+
+
+def _uuid_text(value, what: str) -> str:
+    if not isinstance(value, str):
+        _bad(f"{what} {value!r} is not a UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise _RowError(f"{what} {value!r} is not a UUID") from None
+
+
+def _bad(problem: str):
+    raise _RowError(problem)
+
+
+def _text(row: dict, key: str, limit: int, *, optional: bool = False) -> None:
+    value = row.get(key)
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or len(value) > limit:
+        _bad(f"{key} must be text of at most {limit} characters")
+
+
+# A name as the library stores it: what asset_name_check allows, and the "(2)" or "(restored)"
+# the library adds itself to tell two apart. Never a "/" or "@" (URLs and NAME@VERSION refs).
+STORED_NAME_RE = re.compile(r"^[\w][\w.\-+ ()]{0,199}$", re.UNICODE)
+
+
+def _stored_name_check(name) -> None:
+    if not isinstance(name, str) or not STORED_NAME_RE.fullmatch(name):
+        _bad(f"name {name!r} is not an allowed name")
+
+
+def _free_name(name: str, taken) -> str:
+    """`name`, or `name (restored)`, `name (restored 2)`… the first that `taken` says is free."""
+    candidate, n = name, 1
+    while taken(candidate):
+        suffix = " (restored)" if n == 1 else f" (restored {n})"
+        candidate, n = name[:200 - len(suffix)] + suffix, n + 1
+    return candidate
+
+
+def _asset_row_check(row: dict) -> None:
+    if row.get("kind") not in Asset.Kind.values:
+        _bad(f"kind {row.get('kind')!r} is not one of {', '.join(Asset.Kind.values)}")
+    _stored_name_check(row.get("name"))
+    _text(row, "category", 100)
+    _text(row, "description", 100_000)
+    if not isinstance(row.get("tags"), list) or not all(isinstance(t, str) for t in row["tags"]):
+        _bad("tags must be a list of text")
+    tags_clean(row["tags"])
+    _text(row, "owner", 150, optional=True)
+    if not isinstance(row.get("trashed"), bool):
+        _bad("trashed must be true or false")
+
+
+def _version_row_check(row: dict, asset_ids: set[str], archive_blobs: set[str]) -> None:
+    asset_id = _uuid_text(row.get("asset"), "asset")
+    if asset_id not in asset_ids and not Asset.objects.filter(pk=asset_id).exists():
+        _bad(f"asset {asset_id} is neither in the backup nor in this library")
+    number = row.get("number")
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number < 2**31:
+        _bad(f"number {number!r} is not a positive integer")
+    location = row.get("location", "")
+    if not isinstance(location, str) or len(location) > 1000:
+        _bad("location must be text of at most 1000 characters")
+    if location:
+        from apps.assets.roots import PathNotAllowedError, location_check
+
+        try:
+            location_check(location)
+        except PathNotAllowedError as exc:
+            _bad(f"location: {exc}")
+    manifest = row.get("manifest")
+    if not isinstance(manifest, dict):
+        _bad("manifest must be an object")
+    store = blob_store()
+    for path, entry in manifest.items():
+        if not isinstance(entry, dict):
+            _bad(f"manifest entry {path!r} must be an object")
+        entry_check(path, entry.get("sha256"), entry.get("size"), in_place=bool(location))
+        sha = entry["sha256"]
+        if not location and sha not in archive_blobs and not store.has(sha):
+            _bad(f"file {path!r}: blob {sha} is neither in the backup nor in this store")
+    for key in ("metadata", "spec"):
+        if not isinstance(row.get(key, {}), dict):
+            _bad(f"{key} must be an object")
+    _text(row, "message", 500)
+    _text(row, "created_by", 150, optional=True)
+    parents = row.get("parents")
+    if not isinstance(parents, list):
+        _bad("parents must be a list")
+    for parent in parents:
+        _uuid_text(parent, "parent")
+
+
+def _point_row_check(row: dict) -> None:
+    _stored_name_check(row.get("name"))
+    heads = row.get("heads")
+    if not isinstance(heads, dict):
+        _bad("heads must be an object")
+    for asset_id, version_id in heads.items():
+        _uuid_text(asset_id, "head asset")
+        _uuid_text(version_id, "head version")
+
+
+def library_tables_check(tables, *, archive_blobs: set[str]) -> None:
+    """Every row of a backup's tables checked like fresh input, before anything is written:
+    names, kinds, tags, ids; file paths relative and clean (no absolute, `..` or dotfile),
+    hashes of 64 lowercase hex digits whose blob is in the backup (or already here), sizes,
+    and in-place locations inside the roots the web may read. The first bad row refuses the
+    restore with AssetInputError naming its table, row number and id."""
+    if not isinstance(tables, dict):
+        raise AssetInputError("tables.json is not a JSON object")
+    if tables.get("format") != BACKUP_FORMAT:
+        raise AssetInputError(f"backup format {tables.get('format')!r} is not supported")
+    checks = {"assets": _asset_row_check, "versions": None, "recovery_points": _point_row_check}
+    for table in checks:
+        if not isinstance(tables.get(table), list):
+            raise AssetInputError(f"backup table {table!r} is missing or not a list")
+    asset_ids: set[str] = set()
+    for table, check in checks.items():
+        ids: set[str] = set()
+        for number, row in enumerate(tables[table], 1):
+            row_id = row.get("id") if isinstance(row, dict) else None
+            try:
+                if not isinstance(row, dict):
+                    _bad("not an object")
+                row_uuid = _uuid_text(row.get("id"), "id")
+                if row_uuid in ids:
+                    _bad("id appears twice")
+                ids.add(row_uuid)
+                if check is None:
+                    _version_row_check(row, asset_ids, archive_blobs)
+                else:
+                    check(row)
+            except AssetInputError as exc:
+                raise AssetInputError(f"backup table {table!r}, row {number} (id {row_id!r}): {exc}; "
+                                      "nothing was restored") from None
+        if table == "assets":
+            asset_ids = ids
+
+
+def _tables_parse(data: bytes, path: Path) -> dict:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise AssetInputError(f"{path}: tables.json is not valid JSON ({detail})") from None
+
+
 def library_restore(*, path: Path, job=None, reporter=None) -> dict:
     """Restore a backup into this library, empty or not. Idempotent: what is already
-    here (same ids) is kept; a name taken by another asset gets a ' (restored)' suffix."""
+    here (same ids) is kept; a name taken by another asset gets a ' (restored)' suffix.
+    Every row is checked (`library_tables_check`) before any blob or row is written."""
     from apps.assets.engine.archive import backup_restore
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise AssetInputError(f"{path}: no such backup file")
-    manifest, tables_bytes = backup_restore(path, store=blob_store(),
-                                             reporter=reporter or NullReporter())
-    try:
-        tables = json.loads(tables_bytes)
-    except ValueError as exc:
-        raise AssetInputError(f"{path}: tables.json is not valid JSON ({exc})") from None
-    if tables.get("format") != BACKUP_FORMAT:
-        raise AssetInputError(f"{path}: backup format {tables.get('format')!r} is not supported")
+    checked: dict = {}
+
+    def check(manifest, tables_bytes: bytes) -> None:
+        tables = _tables_parse(tables_bytes, path)
+        library_tables_check(tables, archive_blobs={sha for sha, _ in manifest.blobs})
+        checked["tables"] = tables
+
+    manifest, _ = backup_restore(path, store=blob_store(), reporter=reporter or NullReporter(),
+                                 check=check)
+    tables = checked["tables"]
     users = {u.get_username(): u for u in get_user_model().objects.all()}
     added_assets = added_versions = 0
     with transaction.atomic():
         for a in tables["assets"]:
             if Asset.objects.filter(pk=a["id"]).exists():
                 continue
-            name = a["name"]
-            while Asset.objects.filter(name=name).exists():
-                name = f"{name} (restored)"
+            name = _free_name(a["name"], lambda n: Asset.objects.filter(name=n).exists())
             asset = Asset.objects.create(
                 id=a["id"], kind=a["kind"], name=name, category=a["category"],
                 description=a["description"], owner=users.get(a["owner"]),
                 trashed_at=timezone.now() if a["trashed"] else None,
             )
-            _set_tags(asset, a["tags"])
+            _set_tags(asset, tags_clean(a["tags"]))
             added_assets += 1
         by_id = {}
         for v in tables["versions"]:
@@ -556,8 +844,9 @@ def library_restore(*, path: Path, job=None, reporter=None) -> dict:
                 number = asset.head_number + 1  # this library went its own way meanwhile
             version = AssetVersion.objects.create(
                 id=v["id"], asset=asset, number=number, manifest=v["manifest"],
-                metadata=v["metadata"], created_by=users.get(v["created_by"]), spec=v["spec"],
-                message=v["message"], size_bytes=sum(e["size"] for e in v["manifest"].values()),
+                metadata=v.get("metadata", {}), created_by=users.get(v["created_by"]),
+                spec=v.get("spec", {}), message=v["message"],
+                size_bytes=sum(e["size"] for e in v["manifest"].values()),
                 location=v.get("location", ""),
             )
             by_id[v["id"]] = (version, v["parents"])
@@ -571,9 +860,7 @@ def library_restore(*, path: Path, job=None, reporter=None) -> dict:
             version.parents.set(AssetVersion.objects.filter(pk__in=parent_ids))
         for p in tables["recovery_points"]:
             if not RecoveryPoint.objects.filter(pk=p["id"]).exists():
-                name = p["name"]
-                while RecoveryPoint.objects.filter(name=name).exists():
-                    name = f"{name} (restored)"
+                name = _free_name(p["name"], lambda n: RecoveryPoint.objects.filter(name=n).exists())
                 RecoveryPoint.objects.create(id=p["id"], name=name, heads=p["heads"])
         for asset in Asset.objects.filter(pk__in=[a["id"] for a in tables["assets"]]):
             search.index_update(asset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from apps.assets import services
 from apps.assets.models import Asset, Upload
@@ -47,13 +47,20 @@ def asset_import(spec: ImportSpec, reporter, job) -> dict:
 
 
 class BackupSpec(BaseModel):
+    """A backup job names its file; it is written to AUDOBON_HOME/backups/<name>, never to a
+    path given with the job (`audobon backup FILE` writes anywhere, without a job)."""
     model_config = ConfigDict(extra="forbid")
-    dest: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=104, description="a plain file name, .tar added")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return services.backup_name_check(value)
 
 
 @job_kind(name="library_backup", spec=BackupSpec, area="assets", label="Back up the library")
 def library_backup(spec: BackupSpec, reporter, job) -> dict:
-    backup = services.library_backup(dest=Path(spec.dest), job=job, reporter=reporter)
+    backup = services.library_backup(dest=services.backup_dest_for(spec.name), job=job, reporter=reporter)
     return {"path": backup.path, "blobs": backup.blobs, "bytes": backup.size_bytes}
 
 

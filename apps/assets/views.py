@@ -15,6 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.assets import selectors, services
 from apps.assets.engine import previews
+from apps.assets.engine.errors import BlobMissingError, InPlaceChangedError, StoreError, UnsafePathError
 from apps.assets.forms import AssetEditForm, BackupForm, RecoveryPointForm, UploadStartForm
 from apps.assets.lineage_svg import lineage_svg
 from apps.assets.models import Asset, Backup, RecoveryPoint, Upload
@@ -77,16 +78,33 @@ def _model_summary(version) -> dict:
     config = version.manifest.get("config.json")
     text = None
     if config and config["size"] < 1_000_000:
-        text = previews.read_limited(services.version_file(version, "config.json"), 1_000_000)
+        try:
+            text = previews.read_limited(services.version_file_checked(version, "config.json"), 1_000_000)
+        except (StoreError, OSError):
+            text = None  # the page still shows; the file's own link says what is wrong
     return previews.model_summary(text, {p: e["size"] for p, e in version.manifest.items()})
+
+
+def _served_file(version, path: str):
+    """The file to serve, checked at request time (clean path, inside its folder, unchanged
+    since the scan for a file referenced in place); else the response saying why."""
+    try:
+        return services.version_file_checked(version, path), None
+    except (UnsafePathError, BlobMissingError) as exc:
+        return None, HttpResponse(f"{path}: not available: {exc}", status=404, content_type="text/plain")
+    except (InPlaceChangedError, StoreError) as exc:
+        return None, HttpResponse(f"{path}: not served: {exc}", status=409, content_type="text/plain")
 
 
 @login_required
 def file_preview(request, name: str, number: int, path: str):
     version, entry = _file_or_404(name, number, path)
-    blob = services.version_file(version, path)
     kind = previews.preview_kind(path)
     ctx = {"version": version, "path": path, "kind": kind, "size": entry["size"]}
+    blob, refused = _served_file(version, path)
+    if refused is not None:
+        ctx["error"] = refused.content.decode()
+        return render(request, "assets/_preview.html", ctx, status=refused.status_code)
     try:
         if kind == "image":
             ctx["thumb_url"] = reverse("assets:thumbnail", args=[name, number, path])
@@ -102,7 +120,9 @@ def file_preview(request, name: str, number: int, path: str):
 @login_required
 def thumbnail(request, name: str, number: int, path: str):
     version, entry = _file_or_404(name, number, path)
-    src = services.version_file(version, path)
+    src, refused = _served_file(version, path)
+    if refused is not None:
+        return refused
     # Content-addressed where the hash is known; referenced files by where and when.
     key = entry["sha256"] or hashlib.sha256(f"{src}:{src.stat().st_mtime_ns}".encode()).hexdigest()
     dest = settings.AUDOBON_HOME / "cache" / "thumbs" / f"{key}-{previews.THUMB_PX}.png"
@@ -118,11 +138,43 @@ def thumbnail(request, name: str, number: int, path: str):
 @login_required
 def file_raw(request, name: str, number: int, path: str):
     """One file of a version; pictures shown inline, everything else downloaded."""
-    version, _ = _file_or_404(name, number, path)
+    version, entry = _file_or_404(name, number, path)
+    src, refused = _served_file(version, path)
+    if refused is not None:
+        return refused
     ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
     inline = ctype in ("image/png", "image/jpeg", "image/gif", "image/webp")
-    return FileResponse(services.version_file(version, path).open("rb"), content_type=ctype,
-                        as_attachment=not inline, filename=Path(path).name)
+    try:
+        fh = _SizedReader(src.open("rb"), entry["size"], f"{version}: {path}")
+    except OSError as exc:
+        return HttpResponse(f"{path}: cannot be read: {exc.strerror or exc}", status=409,
+                            content_type="text/plain")
+    response = FileResponse(fh, content_type=ctype, as_attachment=not inline, filename=Path(path).name)
+    response["Content-Length"] = str(entry["size"])
+    return response
+
+
+class _SizedReader:
+    """A file read as exactly `size` bytes: a file that grew is cut at its recorded size, one
+    that shrank while being sent ends the response with an error instead of a short body
+    that a client would wait on forever (Content-Length promises `size`)."""
+
+    def __init__(self, fh, size: int, what: str):
+        self.fh, self.left, self.what = fh, size, what
+        self.name = getattr(fh, "name", None)
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        want = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.fh.read(want)
+        if not data:
+            raise InPlaceChangedError(f"{self.what} became shorter while it was being sent")
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 class _Pipe:
@@ -140,7 +192,7 @@ class _Pipe:
         return out
 
 
-def _tar_stream(version):
+def _tar_stream(version, sources: dict):
     pipe = _Pipe()
     root = f"{version.asset.name}-v{version.number}"
     with tarfile.open(fileobj=pipe, mode="w|") as tar:
@@ -148,8 +200,8 @@ def _tar_stream(version):
             info = tarfile.TarInfo(f"{root}/{path}")
             info.size = entry["size"]
             info.mode = 0o644
-            with services.version_file(version, path).open("rb") as fh:
-                tar.addfile(info, fh)
+            with sources[path].open("rb") as fh:
+                tar.addfile(info, _SizedReader(fh, entry["size"], f"{version}: {path}"))
             yield pipe.drain()
     yield pipe.drain()
 
@@ -157,7 +209,14 @@ def _tar_stream(version):
 @login_required
 def version_download(request, name: str, number: int):
     version = _version_or_404(name, number)
-    response = StreamingHttpResponse(_tar_stream(version), content_type="application/x-tar")
+    # Every file checked before the first byte is sent: once streaming, an error can only
+    # cut the response, so a changed or refused file answers here, with the reason.
+    sources = {}
+    for path in sorted(version.manifest):
+        sources[path], refused = _served_file(version, path)
+        if refused is not None:
+            return refused
+    response = StreamingHttpResponse(_tar_stream(version, sources), content_type="application/x-tar")
     response["Content-Disposition"] = (
         f'attachment; filename="{version.asset.name}-v{version.number}.tar"')
     return response
@@ -280,7 +339,7 @@ def upload_finish(request, upload_id):
 def storage(request):
     count, size = services.blob_store().usage()
     ctx = {"usage": selectors.storage_usage(), "blob_count": count, "blob_bytes": size,
-           "backups": Backup.objects.all()[:20], "backup_form": BackupForm(),
+           "backups": Backup.objects.all()[:20], "backup_form": BackupForm(auto_id="backup_%s"),
            "points": RecoveryPoint.objects.all()[:50], "point_form": RecoveryPointForm(),
            "trash": Asset.objects.filter(trashed_at__isnull=False).order_by("-trashed_at")[:50]}
     return render(request, "assets/storage.html", ctx)
@@ -293,9 +352,10 @@ def store_job(request, kind: str):
     if kind == "library_backup":
         form = BackupForm(request.POST)
         if not form.is_valid():
-            messages.error(request, "Give the backup file's path.")
+            messages.error(request, " ".join(e for errs in form.errors.values() for e in errs)
+                           or "Give the backup a name.")
             return redirect("assets:storage")
-        specs[kind] = {"dest": str(Path(form.cleaned_data["dest"]).expanduser())}
+        specs[kind] = {"name": form.cleaned_data["name"]}  # written under AUDOBON_HOME/backups/
     if kind not in specs:
         raise Http404(kind)
     job = job_submit(kind=kind, spec=specs[kind], owner=request.user)

@@ -14,19 +14,27 @@ from django.utils import timezone
 
 from apps.assets import selectors as asset_selectors
 from apps.assets import services as asset_services
+from apps.assets.engine.paths import clean_relative
 from apps.assets.engine.store import FileEntry, hf_blob_sha
 from apps.assets.models import AssetVersion
+from apps.assets.roots import location_roots_provider
 from apps.monitoring.engine.reporter import NullReporter
 from apps.monitoring.startup import on_startup
-from apps.registry.engine.discovery import FoundModel, default_hf_cache, find_models, fingerprint
+from apps.registry.engine.discovery import (
+    MAX_FILES_PER_MODEL,
+    FoundModel,
+    ModelListing,
+    default_hf_cache,
+    find_models,
+    fingerprint,
+    is_model_file,
+    list_model_files,
+)
 from apps.registry.engine.header import HeaderError
 from apps.registry.engine.inspect import inspect_model
 from apps.registry.models import DiscoveredModel, ScanRoot
 
-MAX_FILES_PER_MODEL = 5000
-
-
-__all__ = ["HeaderError"]  # re-exported for the commands
+__all__ = ["MAX_FILES_PER_MODEL", "HeaderError"]  # re-exported for the commands
 
 
 class ModelRefError(LookupError):
@@ -65,9 +73,12 @@ def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
     roots = scan_roots_for(paths)
     known = {dm.path: dm for dm in DiscoveredModel.objects.only("pk", "path", "fingerprint", "missing")}
     found: list[tuple[ScanRoot, FoundModel]] = []
+    warnings: list[str] = []
     for root in roots:
-        for model in find_models(Path(root.path)):
+        for model in find_models(Path(root.path), warnings):
             found.append((root, model))
+    for warning in warnings:
+        reporter.log(f"warning: {warning}")
     changed = [(r, m) for r, m in found
                if m.path.as_posix() not in known or known[m.path.as_posix()].fingerprint != m.fingerprint
                or known[m.path.as_posix()].missing]
@@ -75,7 +86,8 @@ def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
     for i, (root, model) in enumerate(changed, 1):
         if reporter.cancelled():
             break
-        dm = _inspect_and_register(model, root, source=source or model.source)
+        dm = _inspect_and_register(model, root, source=source or model.source, warnings=warnings,
+                                   reporter=reporter)
         if dm.asset_id and not dm.error:
             registered.append(dm.pk)
         if dm.error:
@@ -94,19 +106,12 @@ def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
         root.save(update_fields=["last_scan_at", "models_found"])
     return {"roots": [r.path for r in roots], "found": len(found), "inspected": len(changed),
             "unchanged": len(found) - len(changed), "errors": errors, "missing": missing,
-            "registered": registered}
+            "registered": registered, "warnings": warnings}
 
 
-def _entries(folder: Path) -> list[FileEntry]:
-    entries = []
-    for path in sorted(folder.rglob("*")):
-        if len(entries) >= MAX_FILES_PER_MODEL:
-            break
-        if path.is_file() and ".git" not in path.parts:
-            # Hub cache files are links to blobs named by their sha256: keep it.
-            entries.append(FileEntry(path.relative_to(folder).as_posix(), hf_blob_sha(path) or "",
-                                     path.stat().st_size))
-    return entries
+def _entries(listing: ModelListing) -> list[FileEntry]:
+    # Hub cache files are links to blobs named by their sha256: keep it.
+    return [FileEntry(rel, hf_blob_sha(path) or "", size) for rel, path, size in listing.files]
 
 
 def _asset_name(dm: DiscoveredModel, model: FoundModel) -> str:
@@ -127,14 +132,28 @@ def _asset_name(dm: DiscoveredModel, model: FoundModel) -> str:
     return candidate
 
 
-def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: str) -> DiscoveredModel:
+def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: str,
+                          warnings: list[str] | None = None, reporter=None) -> DiscoveredModel:
+    """Inspect a found model and register its model files as an in-place version. A folder
+    with a link leaving it is recorded with the error and neither read nor registered."""
     path = model.path.as_posix()
-    try:
-        report, error = inspect_model(model.path), ""
-    except HeaderError as exc:
-        report, error = {}, str(exc)
-    except (OSError, ValueError) as exc:
-        report, error = {}, f"{path}: {exc}"
+    listing = list_model_files(model.path)
+    for skipped in listing.skipped:
+        message = f"{path}/{skipped}"
+        if warnings is not None:
+            warnings.append(message)
+        if reporter is not None:
+            reporter.log(f"warning: {message}")
+    if listing.escapes:
+        report, error = {}, (f"{path}: not registered: links leave the model folder "
+                             f"({', '.join(listing.escapes[:5])})")
+    else:
+        try:
+            report, error = inspect_model(model.path), ""
+        except HeaderError as exc:
+            report, error = {}, str(exc)
+        except (OSError, ValueError) as exc:
+            report, error = {}, f"{path}: {exc}"
     arch = (report.get("architecture") or {}).get("model_type") or ""
     fields = {
         "name": model.name, "source": source, "root": root, "fingerprint": model.fingerprint,
@@ -152,7 +171,7 @@ def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: s
                         "path": path}
             try:
                 version = asset_services.asset_version_create(
-                    name=_asset_name(dm, model), kind=kind, entries=_entries(model.path),
+                    name=_asset_name(dm, model), kind=kind, entries=_entries(listing),
                     metadata=metadata, location=path, message=f"found by a scan of {path}",
                     spec={"scan": path, "fingerprint": model.fingerprint},
                 )
@@ -171,10 +190,11 @@ def model_import(*, model: DiscoveredModel, link: bool = False, reporter=None, j
     if model.asset is None:
         raise asset_services.AssetInputError(f"{model.path} is not registered: {model.error}")
     head = asset_selectors.asset_version_get(ref=model.asset.name)
+    # The model files only, as the scan registered them: never a dotfile or a stray script.
     return asset_services.asset_import(
         source=Path(model.path), kind=model.asset.kind, name=model.asset.name, link=link,
         parents=[head], reporter=reporter, job=job, owner=owner,
-        message=f"imported into the store from {model.path}",
+        message=f"imported into the store from {model.path}", include=is_model_file,
     )
 
 
@@ -182,8 +202,14 @@ def model_import(*, model: DiscoveredModel, link: bool = False, reporter=None, j
 
 def version_folder(version: AssetVersion) -> Path:
     """A folder with the version's files under their names: the referenced folder itself,
-    or hard links to the blobs, made once under cache/versions/ (no bytes copied)."""
+    or hard links to the blobs, made once under cache/versions/ (no bytes copied). A
+    referenced folder whose model files now link outside it is refused (ModelRefError), as
+    the scan would have refused it."""
     if version.location:
+        escapes = list_model_files(Path(version.location)).escapes
+        if escapes:
+            raise ModelRefError(f"{version}: links leave its folder ({', '.join(escapes[:5])}); "
+                                "it is not read until it is rescanned")
         return Path(version.location)
     dest = settings.AUDOBON_HOME / "cache" / "versions" / str(version.pk)
     if dest.is_dir():
@@ -192,6 +218,7 @@ def version_folder(version: AssetVersion) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{version.pk}-", dir=dest.parent))
     try:
         for path in version.manifest:
+            clean_relative(path)  # every link lands inside the folder
             target = tmp / path
             target.parent.mkdir(parents=True, exist_ok=True)
             src = asset_services.version_file(version, path)
@@ -257,6 +284,16 @@ def models_diff(*, a: str, b: str, out: Path | None = None, reporter=None, job=N
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@location_roots_provider
+def demo_model_folders() -> list[Path]:
+    """The packaged demo model's folder: registered in place from outside the import roots, so
+    a backup of a library holding it restores."""
+    from apps.registry.engine.demo_models import minilm_path
+
+    path = minilm_path()
+    return [path] if path is not None else []
 
 
 @on_startup("models")

@@ -1,6 +1,5 @@
 import json
 import os
-from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -11,6 +10,8 @@ from django.views.decorators.http import require_POST
 
 from apps.assets import selectors as asset_selectors
 from apps.assets import services as asset_services
+from apps.assets.engine.errors import StoreError
+from apps.assets.roots import PathNotAllowedError, web_path_check, web_roots
 from apps.monitoring.services import JobSpecError, job_submit
 from apps.registry import selectors
 from apps.registry.forms import ScanForm
@@ -19,16 +20,22 @@ from apps.registry.forms import ScanForm
 @login_required
 def model_list(request):
     ctx = {"models": selectors.models_list(query=request.GET.get("q", "")),
-           "roots": selectors.scan_roots(), "scan_form": ScanForm(), "q": request.GET.get("q", "")}
+           "roots": selectors.scan_roots(), "scan_form": ScanForm(), "q": request.GET.get("q", ""),
+           "web_roots": web_roots()}
     return render(request, "registry/model_list.html", ctx)
 
 
 @login_required
 @require_POST
 def scan(request):
+    """Scan one folder the web may read (under AUDOBON_HOME or an import root), or, with no
+    folder given, every known root again."""
     form = ScanForm(request.POST)
-    paths = [form.data.get("path", "").strip()] if form.data.get("path", "").strip() else []
-    job = job_submit(kind="scan_models", spec={"paths": paths}, owner=request.user)
+    if not form.is_valid():
+        messages.error(request, " ".join(e for errs in form.errors.values() for e in errs))
+        return redirect("registry:index")
+    path = form.cleaned_data["path"]
+    job = job_submit(kind="scan_models", spec={"paths": [path] if path else []}, owner=request.user)
     return redirect("monitoring:job_detail", job_id=job.pk)
 
 
@@ -134,7 +141,10 @@ def diff_report(request, name: str):
         raise Http404(str(exc)) from None
     if "diff.json" not in version.manifest:
         raise Http404(f"{name} is not a diff report")
-    data = json.loads(asset_services.version_file(version, "diff.json").read_text())
+    try:
+        data = json.loads(asset_services.version_file(version, "diff.json").read_text())
+    except (StoreError, OSError, ValueError) as exc:
+        raise Http404(f"{name}: the diff report cannot be read ({exc})") from None
     layers = sorted(data["layers"].items(),
                     key=lambda kv: (kv[0] != "none", int(kv[0]) if kv[0].isdigit() else -1))
     kinds = sorted({k for _, row in layers for k in row})
@@ -150,18 +160,24 @@ def diff_report(request, name: str):
 @require_POST
 def import_gguf(request):
     """Submit the import of a GGUF file on the server; the worker dequantizes it. Only the
-    path is checked here (a readable file named .gguf): the web process never loads it."""
+    path is checked here (a readable .gguf file under a root the web may read): the web
+    process never loads it."""
     raw = request.POST.get("path", "").strip()
-    path = Path(raw).expanduser() if raw else None
     problem = None
-    if path is None:
+    if not raw:
         problem = "Give the path of a .gguf file on the server."
-    elif path.suffix.lower() != ".gguf":
-        problem = f"{raw}: not a .gguf file."
-    elif not path.is_file() or not os.access(path, os.R_OK):
-        problem = f"{raw}: no such readable file on the server."
+    else:
+        try:
+            path = web_path_check(raw)  # before anything else: nothing told about other paths
+        except PathNotAllowedError as exc:
+            problem = str(exc)
+        else:
+            if path.suffix.lower() != ".gguf":
+                problem = f"{raw}: not a .gguf file."
+            elif not path.is_file() or not os.access(path, os.R_OK):
+                problem = f"{raw}: no such readable file on the server."
     if problem is None:
-        spec = {"path": str(path.resolve()), "name": request.POST.get("name", "").strip() or None}
+        spec = {"path": str(path), "name": request.POST.get("name", "").strip() or None}
         try:
             job = job_submit(kind="import_gguf", spec=spec, owner=request.user)
         except JobSpecError as exc:

@@ -27,6 +27,8 @@
       if (!name.value) name.value = top;
       list = list.map((f) => ({ path: f.path.slice(top.length + 1), file: f.file }));
     }
+    // Dotfiles (.DS_Store, .git/...) are never part of an asset: the server refuses them.
+    list = list.filter((f) => !f.path.split("/").some((part) => part.startsWith(".")));
     files = list;
     const total = files.reduce((n, f) => n + f.file.size, 0);
     picked.textContent = files.length ? `${files.length} file(s), ${(total / 1e6).toFixed(1)} MB` : "";

@@ -138,6 +138,6 @@ def test_storage_page_and_jobs(ada, model_dir, tmp_path, fresh_library):
     assert "3 blobs" in body and "tiny-llama" in body
     resp = ada.post(reverse("assets:store_job", args=["store_verify"]))
     assert resp.status_code == 302
-    resp = ada.post(reverse("assets:store_job", args=["library_backup"]), {"dest": str(tmp_path / "b.tar")})
-    assert (tmp_path / "b.tar").is_file()
+    resp = ada.post(reverse("assets:store_job", args=["library_backup"]), {"name": "b"})
+    assert (fresh_library / "backups" / "b.tar").is_file()  # a name, never a path from the browser
     assert ada.post(reverse("assets:recovery_point_create"), {"name": "rp1"}).status_code == 302

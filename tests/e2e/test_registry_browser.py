@@ -13,7 +13,8 @@ TIMEOUT_MS = 60_000
 
 
 def test_scan_tree_compare_diff(server, browser, tmp_path):
-    zoo = tmp_path / "zoo"
+    # The web scans only folders it may read: under the server's home or an import root.
+    zoo = server.home / "zoo"
     base = llama_like(zoo / "base")
     llama_like(zoo / "tuned", base=base, scale=0.02, seed=1)
     llama_like(zoo / "wide", hidden=32, seed=2)

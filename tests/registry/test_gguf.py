@@ -283,7 +283,8 @@ def test_import_gguf_command(tiny_gguf, tmp_path, fresh_library):
 
 
 @pytest.mark.django_db
-def test_registry_page_imports_a_gguf(client, user, tiny_gguf, tmp_path, fresh_library):
+def test_registry_page_imports_a_gguf(client, user, tiny_gguf, tmp_path, fresh_library, settings):
+    settings.AUDOBON_IMPORT_ROOTS = [str(tmp_path), str(tiny_gguf.parent)]  # the web reads only there
     client.force_login(user)
     page = client.get(reverse("registry:index")).content.decode()
     assert 'id="gguf-form"' in page and "Import a GGUF file" in page and 'id="add-smollm2"' in page

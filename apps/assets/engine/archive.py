@@ -201,16 +201,20 @@ def backup_verify(path: Path, *, reporter: Reporter | None = None) -> BackupMani
     return manifest
 
 
-def backup_restore(path: Path, *, store: BlobStore,
-                   reporter: Reporter | None = None) -> tuple[BackupManifest, bytes]:
+def backup_restore(path: Path, *, store: BlobStore, reporter: Reporter | None = None,
+                   check: Callable[[BackupManifest, bytes], None] | None = None,
+                   ) -> tuple[BackupManifest, bytes]:
     """Put the archive's blobs into `store` (those already there are skipped) and return the
     manifest and the tables bytes, for the caller to load.
 
     A first pass over every header refuses unsafe or unexpected members before anything is
-    written; blobs are then re-hashed as they are stored.
+    written; `check` then sees the manifest and the tables (and raises to refuse them), still
+    before anything is written; blobs are then re-hashed as they are stored.
     """
     path = Path(path)
-    _walk_archive(path, ByteProgress(None, None), on_blob=None)
+    first_manifest, first_tables = _walk_archive(path, ByteProgress(None, None), on_blob=None)
+    if check is not None:
+        check(first_manifest, first_tables)
 
     def ingest(tar: tarfile.TarFile, member: tarfile.TarInfo, sha: str, progress: ByteProgress) -> None:
         if store.has(sha):
@@ -227,6 +231,8 @@ def backup_restore(path: Path, *, store: BlobStore,
 
     progress = ByteProgress(reporter, None, what=f"restore of {path.name}")
     manifest, tables = _walk_archive(path, progress, on_blob=ingest)
+    if tables != first_tables or manifest.blobs != first_manifest.blobs:
+        raise BackupCorruptError(f"{path}: the archive changed while it was being restored")
     progress.finish()
     return manifest, tables
 

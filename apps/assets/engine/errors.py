@@ -29,3 +29,11 @@ class UnsafeArchiveError(StoreError):
 
 class BackupCorruptError(StoreError):
     """A backup archive whose content does not match its own manifest."""
+
+
+class UnsafePathError(StoreError):
+    """A path that would leave its folder: absolute, `..`, a dotfile, or a symlink pointing out."""
+
+
+class InPlaceChangedError(StoreError):
+    """A file of a version referenced in place no longer matches what the scan recorded."""

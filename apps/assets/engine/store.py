@@ -19,7 +19,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -186,17 +186,23 @@ class BlobStore:
         progress.finish()
         return entry
 
-    def ingest_tree(self, src: Path, *, link: bool = False,
-                    reporter: Reporter | None = None) -> list[FileEntry]:
+    def ingest_tree(self, src: Path, *, link: bool = False, reporter: Reporter | None = None,
+                    include: Callable[[str], bool] | None = None) -> list[FileEntry]:
         """Every regular file under `src` (or `src` itself), paths posix and relative to `src`.
 
         Everything is listed before anything is ingested, so a symlink leaving the folder, a
         fifo or a device stops the ingest with a StoreError naming it and nothing stored.
+        Dotfiles and dot-folders are never ingested (the library holds none); with `include`,
+        only the files whose relative path it accepts are.
         """
         src = Path(src)
         if not src.is_dir():
             return [self.ingest_file(src, link=link, reporter=reporter, rel_path=src.name)]
-        files = self._list_tree(src)
+        hidden: list[str] = []
+        files = self._list_tree(src, include=include, hidden=hidden)
+        if hidden and reporter is not None:
+            shown = ", ".join(hidden[:10]) + (f" and {len(hidden) - 10} more" if len(hidden) > 10 else "")
+            reporter.log(f"not ingested (dotfiles): {shown}")
         progress = ByteProgress(reporter, sum(size for _, _, size in files), what=f"ingest of {src}")
         entries = [self._ingest_one(path, rel, link=link, progress=progress) for path, rel, _ in files]
         progress.finish()
@@ -244,7 +250,8 @@ class BlobStore:
             raise StoreError(f"not a regular file: {src}")
         return st
 
-    def _list_tree(self, root: Path) -> list[tuple[Path, str, int]]:
+    def _list_tree(self, root: Path, *, include: Callable[[str], bool] | None = None,
+                   hidden: list[str] | None = None) -> list[tuple[Path, str, int]]:
         root_real = root.resolve()
         found: list[tuple[Path, str, int]] = []
 
@@ -253,6 +260,12 @@ class BlobStore:
                 names = sorted(e.name for e in it)
             for name in names:
                 path, rel = folder / name, prefix + name
+                if name.startswith("."):
+                    if hidden is not None:
+                        hidden.append(rel)
+                    continue
+                if include is not None and not path.is_dir() and not include(rel):
+                    continue
                 if path.is_symlink():
                     try:
                         target = path.resolve(strict=True)
