@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from django.conf import settings
+
 from apps.assembly.engine.plan import ModelNotFoundError, ModelReadError, Plan, PlanError, make_plan
 from apps.assembly.engine.recipe import parse_recipe
 from apps.assets import selectors as asset_selectors
@@ -237,11 +239,11 @@ def cache_key(plan: Plan, text: str) -> str:
 
 
 def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
-             out: Path | None = None) -> tuple[AssetVersion, bool]:
+             out: Path | None = None, validate_result: bool = True) -> tuple[AssetVersion, bool]:
     """Plan, run, validate and register. Returns (version, reused): the same recipe over
     the same inputs returns the version made before, at once."""
     from apps.assembly.engine.executor import execute
-    from apps.assembly.engine.validation import validate
+    from apps.assembly.engine.validation import ValidationReport, validate
 
     reporter = reporter or NullReporter()
     name = asset_services.asset_name_check(name)
@@ -259,11 +261,24 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
         result = execute(plan, folder, recipe_text=text, reporter=reporter,
                          card_lines=["## Lineage", "", *[f"- {v}" for v in parents]])
         reporter.log(f"wrote {result.bytes / 1e6:.1f} MB in {result.seconds:.1f}s on {result.device}")
-        # Every run is validated; the recipe's `validation:` block only tunes it and adds gates.
+        # Validated unless turned off on purpose (`--no-validate`, `validation: {enabled:
+        # false}`), which the version records; the `validation:` block tunes it and adds gates.
         spec = plan.recipe.validation
-        reporter.log("validating against the parents")
+        off = ("turned off for this run (--no-validate)" if not validate_result else
+               "turned off by the recipe (validation: {enabled: false})"
+               if spec is not None and getattr(spec, "enabled", True) is False else None)
         parent_dirs = {m.ref: Path(m.path) for m in plan.models if set(m.roles) & {"source", "base"}}
-        report = validate(folder, parent_dirs,
+        if off:
+            reporter.log(f"validation {off}")
+            report = ValidationReport(losses={}, perplexities={}, notes=[f"validation {off}"],
+                                      skipped={label: off for label in ["result", *parent_dirs]})
+        else:
+            peak = plan.estimate.validation_peak_memory_bytes
+            reporter.log(f"validating against the parents (about {peak / 2**30:.2f} GiB at most, "
+                         "one model at a time)")
+            report = None
+        budget = getattr(settings, "AUDOBON_VALIDATION_MEMORY", None)  # bytes; default: what is free
+        report = report or validate(folder, parent_dirs, memory_budget=int(budget) if budget else None,
                           max_samples=(spec and spec.max_samples) or DEFAULT_VALIDATION_SAMPLES,
                           texts=validation_texts(spec.dataset) if spec and spec.dataset else None,
                           prompts=list(spec.samples) if spec and spec.samples else DEFAULT_PROMPTS,

@@ -12,6 +12,7 @@ class AssembleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     recipe: str = Field(min_length=1, description="the recipe's YAML text")
     name: str = Field(min_length=1, description="the asset the result becomes a version of")
+    validate_result: bool = Field(default=True, description="false: skip validation, recorded on the version")
 
     @model_validator(mode="after")
     def _plannable(self):
@@ -23,7 +24,7 @@ class AssembleSpec(BaseModel):
 @job_kind(name="assemble", spec=AssembleSpec, area="assembly", label="Assemble a model", queue="heavy")
 def assemble(spec: AssembleSpec, reporter, job) -> dict:
     version, reused = services.assemble(text=spec.recipe, name=spec.name, owner=job.owner, job=job,
-                                        reporter=reporter)
+                                        reporter=reporter, validate_result=spec.validate_result)
     return {"asset": version.asset.name, "version": version.number, "reused": reused}
 
 

@@ -96,3 +96,20 @@ def test_kill_9_mid_run_registers_nothing_and_a_rerun_succeeds(tmp_path):
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["version"] == 1
     assert list(work.iterdir()) == []  # the killed run's folder is gone, and so is this run's
+
+
+def test_validation_turned_off_or_not_fitting_is_recorded_on_the_version(demo, tmp_path, settings):
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(RECIPE)
+    off = json.loads(run("assemble", str(recipe), "--json", "--no-validate", "--name", "unvalidated"))
+    assert set(off["validation"]["skipped"]) == {"result", "demo-llama-tune-even", "demo-llama-tune-late"}
+    assert "turned off for this run (--no-validate)" in off["validation"]["skipped"]["result"]
+
+    settings.AUDOBON_VALIDATION_MEMORY = 1 << 20  # 1 MiB: no model fits
+    recipe.write_text(RECIPE.replace("0.3", "0.4").replace("0.7", "0.6"))
+    done = json.loads(run("assemble", str(recipe), "--json", "--name", "too-big"))
+    assert done["version"] == 1  # the merge completes and is registered
+    skipped = done["validation"]["skipped"]
+    assert set(skipped) == {"result", "demo-llama-tune-even", "demo-llama-tune-late"}
+    assert "GiB to evaluate, 0.00 GiB available on" in skipped["result"]
+    assert done["validation"]["losses"]["result"] is None

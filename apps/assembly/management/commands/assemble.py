@@ -20,8 +20,10 @@ class Command(ForegroundCommand):
         parser.add_argument("--name", help="the result's asset name (default: the recipe's file name)")
         parser.add_argument("--out", help="also write the model folder here")
         parser.add_argument("--queue", action="store_true", help="run as a job in the heavy worker")
+        parser.add_argument("--no-validate", action="store_true",
+                            help="skip validating the result against its parents (recorded on the version)")
 
-    def handle(self, *args, recipe, dry_run, name, out, queue, **opts):
+    def handle(self, *args, recipe, dry_run, name, out, queue, no_validate=False, **opts):
         path = Path(recipe).expanduser()
         if not path.is_file():
             raise ValueError(f"{path}: no such recipe file")
@@ -43,11 +45,13 @@ class Command(ForegroundCommand):
             self.stdout.write(json.dumps(data, default=str) if self.as_json else "\n".join(lines))
             return
         if queue:
-            job = job_submit(kind="assemble", spec={"recipe": text, "name": name})
+            job = job_submit(kind="assemble", spec={"recipe": text, "name": name,
+                                                    "validate_result": not no_validate})
             self.emit({"job": job.pk}, f"queued as job {job.pk}")
             return
         version, reused = services.assemble(text=text, name=name, reporter=self.progress("assemble"),
-                                            out=Path(out).resolve() if out else None)
+                                            out=Path(out).resolve() if out else None,
+                                            validate_result=not no_validate)
         self.emit({"asset": version.asset.name, "version": version.number, "reused": reused,
                    "validation": version.metadata.get("validation")},
                   f"{version}" + (" (the same recipe over the same inputs: reused)" if reused else ""))
