@@ -289,19 +289,17 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
                 f"{g['metric']} = {g['value']!r} (limit {g.get('max', g.get('min'))})" for g in failed))
         if out is not None:
             shutil.copytree(folder, out)
+        # Made complete in one step: versions are immutable once registered.
         version = asset_services.asset_import(
             source=folder, kind="model", name=name, link=True, parents=parents, job=job, owner=owner,
             message=f"assembled with {plan.method}",
             description=f"Assembled by a {plan.method} recipe from {', '.join(m.ref for m in plan.models)}.",
+            spec={"recipe": text, "cache_key": key, "method": plan.method,
+                  "models": [m.ref for m in plan.models]},
+            metadata={"validation": report.to_json(),
+                      "assembly": {"method": plan.method, "tensors": result.tensors,
+                                   "seconds": round(result.seconds, 2), "device": result.device}},
         )
-        version.spec = {"recipe": text, "cache_key": key, "method": plan.method,
-                        "models": [m.ref for m in plan.models]}
-        version.metadata = {**version.metadata, "validation": report.to_json(),
-                            "assembly": {"method": plan.method, "tensors": result.tensors,
-                                         "seconds": round(result.seconds, 2), "device": result.device}}
-        version.save(update_fields=["spec", "metadata"])
-        version.asset.metadata = version.metadata
-        asset_services.asset_update(asset=version.asset)  # saves and re-indexes for search
         return version, False
     finally:
         shutil.rmtree(work, ignore_errors=True)

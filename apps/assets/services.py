@@ -177,9 +177,12 @@ def entry_check(path, sha256, size, *, in_place: bool) -> None:
 def asset_import(*, source: Path, kind: str, name: str | None = None, link: bool = False,
                  owner=None, tags: Iterable[str] = (), description: str | None = None,
                  parents: Iterable[AssetVersion] = (), job=None, reporter=None,
-                 message: str | None = None, include=None) -> AssetVersion:
+                 message: str | None = None, include=None, spec: dict | None = None,
+                 metadata: dict | None = None) -> AssetVersion:
     """Ingest a file or folder into the store and register it as a new version (dotfiles
-    left out; with `include`, only the relative paths it accepts)."""
+    left out; with `include`, only the relative paths it accepts). A version is made
+    complete: `spec` (default: where it came from) and `metadata` (added to what the files
+    show) are given here, never changed afterwards."""
     source = Path(source).expanduser()
     if not source.exists():
         raise AssetInputError(f"{source}: no such file or folder")
@@ -191,8 +194,8 @@ def asset_import(*, source: Path, kind: str, name: str | None = None, link: bool
         raise AssetInputError(f"{source}: there is no file in it to import")
     return asset_version_create(
         name=name, kind=kind, entries=entries, owner=owner, created_by=owner,
-        metadata=describe_source(source, entries), parents=parents, job=job,
-        spec={"source": str(source), "link": link},
+        metadata={**describe_source(source, entries), **(metadata or {})}, parents=parents, job=job,
+        spec=spec if spec is not None else {"source": str(source), "link": link},
         message=message or f"imported from {source}", description=description,
         tags=clean_tags or None,
     )

@@ -407,14 +407,11 @@ def gguf_import(*, path: Path, name: str | None = None, owner=None, job=None, re
                     message=f"dequantized from {source.name} ({gguf['file_type']})",
                     description=f"{gguf['name'] or name}, dequantized to {dtype} from the GGUF "
                                 f"file {source.name} ({gguf['file_type']}).",
+                    spec={"gguf": gguf, "dtype": dtype, "parent": str(parent) if parent else None},
+                    metadata={"format": "safetensors", "source": GGUF_SOURCE,
+                              "license": facts["gguf"]["license"] or "", "dtype": dtype,
+                              "gguf": gguf, "verified": facts["verified"]},
                 )
-                version.spec = {"gguf": gguf, "dtype": dtype, "parent": str(parent) if parent else None}
-                version.metadata = {**version.metadata, "format": "safetensors", "source": GGUF_SOURCE,
-                                    "license": facts["gguf"]["license"] or "", "dtype": dtype,
-                                    "gguf": gguf, "verified": facts["verified"]}
-                version.save(update_fields=["spec", "metadata"])
-                version.asset.metadata = version.metadata
-                asset_services.asset_update(asset=version.asset)  # saves and re-indexes for search
                 dm = gguf_model_register(version=version)
                 if dm.error:
                     raise asset_services.AssetInputError(

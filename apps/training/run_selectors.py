@@ -207,8 +207,8 @@ def form_defaults(parameters: int, max_positions: int | None = None) -> dict:
         s["max_length"] = min(s["max_length"], max_positions)
     return {"task": "causal_lm", "method": s["method"], "lora_r": s["lora_r"], "lora_alpha": 2 * s["lora_r"],
             "lora_dropout": 0.05, "learning_rate": s["learning_rate"], "batch_size": s["batch_size"],
-            "max_steps": 100, "eval_steps": 50, "save_steps": 50, "seed": 0, "packing": False, "group_by_length": True,
-            "max_length": s["max_length"], "merge": False,
+            "max_steps": 100, "eval_steps": 50, "save_steps": 50, "seed": 0, "packing": False,
+            "group_by_length": True, "max_length": s["max_length"], "merge": False,
             "gradient_checkpointing": s["gradient_checkpointing"]}
 
 

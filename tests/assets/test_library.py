@@ -309,3 +309,19 @@ def test_a_model_referenced_in_place_stays_where_it_is(model_dir, tmp_path, fres
     with pytest.raises(BlobMissingError, match="config"):
         services.asset_version_create(name="in-place", kind="model", entries=entries,
                                       location=str(model_dir))
+
+
+def test_a_version_is_made_complete_with_its_spec_and_metadata(fresh_library, tmp_path):
+    """Spec and metadata are given to the import, so no later write changes a registered
+    version; the files' own description stays beside the added metadata."""
+    from apps.assets import services as asset_services
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello")
+    v = asset_services.asset_import(source=folder, kind="other", name="complete",
+                                    spec={"made_by": "a test"}, metadata={"score": 1.5})
+    v.refresh_from_db()
+    assert v.spec == {"made_by": "a test"}
+    assert v.metadata["score"] == 1.5 and v.asset.metadata["score"] == 1.5
+    assert len(v.metadata) > 1  # what the files show is kept too

@@ -16,10 +16,9 @@ def test_the_job_page_links_what_the_job_made_with_its_summary(client, user, fre
     folder = tmp_path / "made"
     folder.mkdir()
     (folder / "data.jsonl").write_text('{"text": "hello"}\n')
-    version = asset_services.asset_import(source=folder, kind="dataset", name="made-by-job", job=job, owner=user)
-    version.metadata = {**version.metadata,
-                        "validation": {"losses": {"result": 2.5, "a": 2.75}, "ok": True, "skipped": {}}}
-    version.save(update_fields=["metadata"])
+    version = asset_services.asset_import(
+        source=folder, kind="dataset", name="made-by-job", job=job, owner=user,
+        metadata={"validation": {"losses": {"result": 2.5, "a": 2.75}, "ok": True, "skipped": {}}})
     other = asset_services.asset_import(source=folder, kind="dataset", name="not-by-job", owner=user)
 
     page = client.get(reverse("monitoring:job_detail", args=[job.pk])).content.decode()

@@ -185,23 +185,18 @@ def finetune_execute(*, run: TrainingRun, job: Job | None, resume: bool, reporte
                 source=result.output, kind=result.kind, name=run.name, link=True, parents=parents,
                 job=job, owner=run.owner,
                 message=f"{spec.method} fine-tune of {base_ref} on {dataset_version}",
-                description=f"{spec.method} fine-tune of {base_ref} on {dataset_version} ({spec.task}).")
-            version.spec = {"finetune": run.spec, **lineage}
-            version.metadata = {**version.metadata, "finetune": result.metrics, "evaluation": evaluation,
-                                "samples": result.samples, "notes": result.notes,
-                                "stopped": result.stopped}
-            version.save(update_fields=["spec", "metadata"])
-            version.asset.metadata = version.metadata
-            asset_services.asset_update(asset=version.asset)
+                description=f"{spec.method} fine-tune of {base_ref} on {dataset_version} ({spec.task}).",
+                spec={"finetune": run.spec, **lineage},
+                metadata={"finetune": result.metrics, "evaluation": evaluation, "samples": result.samples,
+                          "notes": result.notes, "stopped": result.stopped})
             merged = None
             if result.merged is not None:
                 merged = asset_services.asset_import(
                     source=result.merged, kind="model", name=f"{run.name} merged"[:200], link=True,
                     parents=[*parents, version], job=job, owner=run.owner,
-                    message=f"{run.name} merged into {base_ref}")
-                merged.spec = {"finetune": run.spec, **lineage, "adapter": str(version)}
-                merged.metadata = {**merged.metadata, "finetune": result.metrics, "evaluation": evaluation}
-                merged.save(update_fields=["spec", "metadata"])
+                    message=f"{run.name} merged into {base_ref}",
+                    spec={"finetune": run.spec, **lineage, "adapter": str(version)},
+                    metadata={"finetune": result.metrics, "evaluation": evaluation})
             run.result, run.merged = version, merged
             run.metrics = {**result.metrics, "before": result.before, "after": result.after,
                            "samples": result.samples, "checkpoints": result.checkpoints,
