@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.monitoring.models import Job, JobEvent, ResourceSample, WorkerHeartbeat
+from apps.monitoring.models import ErrorGroup, Job, JobEvent, ResourceSample, WorkerHeartbeat
 
 
 class JobEventInline(admin.TabularInline):
@@ -35,3 +35,11 @@ class WorkerHeartbeatAdmin(admin.ModelAdmin):
 @admin.register(ResourceSample)
 class ResourceSampleAdmin(admin.ModelAdmin):
     list_display = ("created_at", "cpu_percent", "ram_used", "disk_free")
+
+
+@admin.register(ErrorGroup)
+class ErrorGroupAdmin(admin.ModelAdmin):
+    list_display = ("exc_type", "count", "first_seen", "last_seen", "where", "title")
+    search_fields = ("exc_type", "title", "message")
+    readonly_fields = ("signature", "title", "exc_type", "message", "traceback", "where", "count",
+                       "first_seen", "last_seen", "jobs")

@@ -114,3 +114,26 @@ class ResourceSample(models.Model):
 
     def __str__(self):
         return f"sample {self.created_at:%H:%M:%S}"
+
+
+class ErrorGroup(models.Model):
+    """Exceptions from jobs and views with the same signature (type and the functions they
+    passed through): how often, first and last seen, the last message and traceback, and
+    the jobs that failed with it."""
+
+    signature = models.CharField(max_length=64, unique=True)
+    title = models.CharField(max_length=1000)  # the readable signature
+    exc_type = models.CharField(max_length=200)
+    message = models.TextField(blank=True)  # the last one
+    traceback = models.TextField(blank=True)  # the last one
+    where = models.CharField(max_length=300, blank=True)  # the last job kind or request path
+    count = models.PositiveIntegerField(default=0)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    jobs = models.ManyToManyField(Job, blank=True, related_name="error_groups")
+
+    class Meta:
+        ordering = ["-last_seen"]
+
+    def __str__(self):
+        return f"{self.exc_type} x{self.count}"

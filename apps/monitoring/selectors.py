@@ -12,7 +12,7 @@ from django.utils.safestring import mark_safe
 
 from apps.monitoring.charts import line_chart_svg
 from apps.monitoring.jobkinds import JOB_KINDS
-from apps.monitoring.models import Job, JobEvent, ResourceSample, WorkerHeartbeat
+from apps.monitoring.models import ErrorGroup, Job, JobEvent, ResourceSample, WorkerHeartbeat
 
 RECENT_LOG_LINES = 8
 CHART_POINTS = 2000
@@ -234,3 +234,11 @@ def resource_history(*, hours: float = 1.0, now=None) -> str:
     if gpu:
         series["GPU %"] = gpu
     return mark_safe(line_chart_svg(series, width=420, height=120))  # noqa: S308 - numbers and fixed names
+
+
+def error_groups(limit: int = 200) -> list[ErrorGroup]:
+    """The error log, the most recently seen first, with the ids of up to 20 linked jobs."""
+    groups = list(ErrorGroup.objects.order_by("-last_seen")[:limit])
+    for g in groups:
+        g.job_ids = list(g.jobs.order_by("-id").values_list("id", flat=True)[:20])
+    return groups

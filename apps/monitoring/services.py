@@ -17,8 +17,9 @@ from django.db import transaction
 from django.utils import timezone
 from pydantic import ValidationError
 
+from apps.monitoring.engine.errors import error_signature
 from apps.monitoring.jobkinds import JOB_KINDS, JobKind
-from apps.monitoring.models import Job, JobEvent, ResourceSample, WorkerHeartbeat
+from apps.monitoring.models import ErrorGroup, Job, JobEvent, ResourceSample, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -314,3 +315,32 @@ def admin_ensure() -> tuple[object, str | None]:
         name = f"admin{secrets.randbelow(10_000)}"
     user = User.objects.create_superuser(username=name, email="", password=password)
     return user, password
+
+
+# --- the error log --------------------------------------------------------------------------
+
+def error_record(*, exc: BaseException, where: str = "", job_id: int | None = None) -> ErrorGroup | None:
+    """Count an exception into its group (made on first sight) and link the job it failed.
+    Never raises: the log must not turn one failure into two."""
+    import traceback as tb
+
+    try:
+        sig, title = error_signature(exc)
+        now = timezone.now()
+        text = "".join(tb.format_exception(exc))[-20_000:]
+        with transaction.atomic():
+            group, _ = ErrorGroup.objects.select_for_update().get_or_create(
+                signature=sig, defaults={"title": title[:1000], "exc_type": type(exc).__qualname__[:200],
+                                         "first_seen": now})
+            group.count += 1
+            group.last_seen = now
+            group.message = str(exc)[:5000]
+            group.traceback = text
+            group.where = where[:300]
+            group.save()
+            if job_id is not None:
+                group.jobs.add(job_id)
+        return group
+    except Exception:  # the database itself may be what failed
+        logger.exception("could not record an error in the error log")
+        return None

@@ -146,6 +146,7 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
         services.job_finish(job_id=job_id, status=Job.Status.CANCELLED, **used)
     except Exception as exc:
         logger.exception("job %s (%s) failed", job_id, job.kind)
+        services.error_record(exc=exc, where=f"job {job.kind}", job_id=job_id)
         services.job_finish(job_id=job_id, status=Job.Status.FAILED,
                             error=f"{type(exc).__name__}: {exc}",
                             traceback=traceback.format_exc(), **used)

@@ -1,7 +1,7 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
@@ -114,3 +114,13 @@ def area_jobs(request, area: str, title: str, about: str):
         "jobs": selectors.job_list(user=request.user, area=area)[:JOBS_PER_PAGE],
     }
     return render(request, "monitoring/area.html", ctx)
+
+
+@login_required
+def error_list(request):
+    """The error log, grouped by signature. Admins only: messages and tracebacks can carry
+    any user's names and paths."""
+    if not request.user.is_staff:
+        return HttpResponseForbidden("the error log is for administrators")
+    groups = selectors.error_groups()
+    return render(request, "monitoring/errors.html", {"groups": groups})
