@@ -5,6 +5,17 @@ from __future__ import annotations
 import os
 import sys
 
+# Commands that must not set up the database first: those about migrations and checks
+# themselves, those that need no database, and `up` and `serve`, which check their
+# --host before anything else and migrate afterwards.
+NO_FIRST_USE_MIGRATE = frozenset({
+    "help", "version", "--help", "-h", "--version", "check", "diffsettings",
+    "migrate", "makemigrations", "showmigrations", "sqlmigrate", "squashmigrations",
+    "optimizemigration", "sqlflush", "sqlsequencereset", "dbshell", "collectstatic",
+    "findstatic", "startapp", "startproject", "compilemessages", "makemessages",
+    "sendtestemail", "test", "testserver", "up", "serve", "inspect_model",
+})
+
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "audobon_site.settings")
@@ -18,24 +29,30 @@ def main(argv: list[str] | None = None) -> None:
         Command().run_from_argv(["audobon", *args])
         return
     try:
+        if _migrates_first(args):
+            from audobon_site.first_use import migrate_if_fresh
+
+            migrate_if_fresh()
         execute_from_command_line(["audobon", *(args or ["help"])])
     except Exception as exc:
-        if not _unmigrated(exc):
-            raise
-        from django.conf import settings
+        from audobon_site.first_use import database_problem
 
-        sys.stderr.write(f"audobon: the database of {settings.AUDOBON_HOME} has no tables yet; "
-                         "run `audobon migrate` (or `audobon up`, which migrates) first\n")
+        problem = database_problem(exc)
+        if problem is None:
+            raise
+        sys.stderr.write(f"audobon: {problem}\n")
         sys.exit(1)
 
 
-def _unmigrated(exc: BaseException) -> bool:
-    """A command run on a home whose database was never migrated (SQLite or PostgreSQL)."""
-    from django.db.utils import OperationalError, ProgrammingError
+def _migrates_first(args: list[str]) -> bool:
+    """A known command that uses the database, not asked only for its help."""
+    if not args or args[0] in NO_FIRST_USE_MIGRATE or any(a in ("-h", "--help") for a in args):
+        return False
+    import django
+    from django.core.management import get_commands
 
-    text = str(exc)
-    return (isinstance(exc, OperationalError) and text.startswith("no such table")) or (
-        isinstance(exc, ProgrammingError) and "does not exist" in text and "relation" in text)
+    django.setup()
+    return args[0] in get_commands()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def test_selftest_live_progress_reload_and_cancel(server, browser, tmp_path):
     expect(live).to_have_attribute("data-status", "running", timeout=TIMEOUT_MS)
 
     # The bar moves without a reload: updates arrive over the websocket.
-    page.wait_for_function("Number(document.querySelector('#job-live').dataset.percent) >= 20",
+    # A function, not an expression string: Playwright evals a string in the page, which the
+    # Content-Security-Policy (no 'unsafe-eval') refuses.
+    page.wait_for_function("() => Number(document.querySelector('#job-live').dataset.percent) >= 20",
                            timeout=TIMEOUT_MS)
     assert frames, "no websocket frame received"
 

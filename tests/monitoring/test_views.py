@@ -108,18 +108,35 @@ def test_login_link_rejects_a_forged_token(client, user):
     assert client.get(forged).status_code == 403
 
 
-def test_healthz_reports_each_part(client):
-    resp = client.get("/healthz")
+def _beat_both_queues():
+    now = timezone.now()
+    for q in ("heavy", "light"):
+        WorkerHeartbeat.objects.create(worker_id=f"gpu-box-7:4242:{q}", queue=q, host="gpu-box-7",
+                                       pid=4242, started_at=now, last_seen=now)
+
+
+def test_healthz_reports_each_part_to_a_logged_in_user(ada_client):
+    resp = ada_client.get("/healthz")
     data = resp.json()
     assert resp.status_code == 503 and data["status"] == "degraded"
     assert data["database"]["ok"] and data["queue"]["ok"] and data["disk"]["free_bytes"] > 0
     assert data["workers"]["missing_queues"] == ["heavy", "light"]
-    now = timezone.now()
-    for q in ("heavy", "light"):
-        WorkerHeartbeat.objects.create(worker_id=f"h:1:{q}", queue=q, host="h", pid=1,
-                                       started_at=now, last_seen=now)
-    resp = client.get("/healthz")
+    _beat_both_queues()
+    resp = ada_client.get("/healthz")
     assert resp.status_code == 200 and resp.json()["status"] == "ok"
+    assert {w["pid"] for w in resp.json()["workers"]["workers"]} == {4242}
+
+
+def test_healthz_tells_an_anonymous_caller_only_ok_or_degraded(client, settings):
+    resp = client.get("/healthz")
+    assert resp.status_code == 503 and resp.json() == {"status": "degraded", "ok": False}
+    _beat_both_queues()
+    resp = client.get("/healthz")
+    assert resp.status_code == 200 and resp.json() == {"status": "ok", "ok": True}
+    # No host name, worker pid or home path for a stranger.
+    body = resp.content.decode()
+    assert "gpu-box-7" not in body and "4242" not in body and str(settings.AUDOBON_HOME) not in body
+    assert resp["Cache-Control"].startswith("max-age=0")
 
 
 def test_area_pages_list_their_jobs(ada_client):

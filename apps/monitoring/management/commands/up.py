@@ -4,7 +4,6 @@ workers and the resource monitor under one supervisor, and open the browser logg
 from __future__ import annotations
 
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -23,18 +22,10 @@ from django.db import connection
 from apps.monitoring import services
 from apps.monitoring.engine.supervisor import ChildSpec, Supervisor
 from apps.monitoring.startup import run_startup_hooks
+from audobon_site.hosts import BindPlan, HostRefused, bind_plan
 from audobon_site.login_links import login_link_path
 
 READY_TIMEOUT_S = 120
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -68,13 +59,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: int, no_browser: bool, **opts):
         logging.basicConfig(level=logging.INFO, format="audobon up: %(message)s")
-        if not is_loopback(host):
-            raise CommandError(
-                f"--host {host} is not a loopback address. Serving a network needs LAN mode "
-                f"(logins for a team, PostgreSQL and Redis), which this version does not have "
-                f"yet; use 127.0.0.1 or localhost."
-            )
-        check_port_free(host, port)
+        # The host rule (audobon_site/hosts.py) before anything is migrated, started or bound.
+        try:
+            plan = bind_plan(host)
+        except HostRefused as exc:
+            raise CommandError(str(exc)) from None
+        check_port_free(plan.host, port)
         started = time.monotonic()
         call_command("migrate", interactive=False, verbosity=0)
         user, password = services.admin_ensure()
@@ -82,8 +72,10 @@ class Command(BaseCommand):
         for label, result in run_startup_hooks():
             if result:
                 self.stdout.write(f"{label}: {result}")
-        url_host = f"[{host.strip('[]')}]" if ":" in host else host
-        base = f"http://{url_host}:{port}"
+        # Probed here over plain http on the address listened on; shown to people by name,
+        # and with AUDOBON_TLS through the TLS proxy in front (on https's own port).
+        probe = f"http://{plan.probe_host}:{port}"
+        base = f"https://{plan.link_host}" if settings.AUDOBON_TLS else f"http://{plan.link_host}:{port}"
         link = base + login_link_path(user)
         connection.close()
 
@@ -95,10 +87,10 @@ class Command(BaseCommand):
         if interrupted:
             out.write(f"Jobs left running by a stopped worker are now interrupted: {interrupted}")
 
-        sup = Supervisor(self._children(host, port))
+        sup = Supervisor(self._children(plan, port))
         sup.start()
         try:
-            ready = self._wait_ready(sup, base)
+            ready = self._wait_ready(sup, probe)
         except KeyboardInterrupt:
             sup.stop()
             return
@@ -113,10 +105,10 @@ class Command(BaseCommand):
             webbrowser.open(link)
         sup.run_forever()
 
-    def _children(self, host: str, port: int) -> list[ChildSpec]:
+    def _children(self, plan: BindPlan, port: int) -> list[ChildSpec]:
         py = [sys.executable, "-m", "audobon_site.cli"]
         children = [
-            ChildSpec("web", [*py, "serve", "--host", host.strip("[]"), "--port", str(port)]),
+            ChildSpec("web", [*py, "serve", "--host", plan.host, "--port", str(port)]),
             ChildSpec("light-worker", [*py, "run_worker", "--queue", "light"]),
             ChildSpec("monitor", [*py, "run_monitor"]),
         ]
@@ -136,7 +128,7 @@ class Command(BaseCommand):
             sup.check()
             try:
                 with urllib.request.urlopen(f"{base}/healthz", timeout=2) as resp:  # noqa: S310
-                    if json.load(resp).get("ok"):
+                    if json.load(resp).get("status") == "ok":
                         return True
             except (urllib.error.URLError, OSError, ValueError):
                 pass
