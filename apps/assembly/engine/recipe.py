@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,10 +56,19 @@ from pydantic import (
     model_validator,
 )
 
+from apps.assets.engine.safeparse import ParseError, yaml_load
+
 # Names mergekit's `dtype_from_name` accepts, and the safetensors dtype each one writes.
 DTYPES: dict[str, str] = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "int64": "I64"}
 # `org/name` as the Hugging Face hub spells a repository; only a hint, the resolver decides.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+# What a recipe may hold: far above any real one (mergekit's largest examples are a few KB).
+MAX_RECIPE_BYTES = 64 * 1024
+MAX_RECIPE_DEPTH = 64
+MAX_RECIPE_NODES = 10_000
+# Layer indices past this are refused: the planner walks ranges layer by layer, and the
+# deepest real models have a few hundred.
+MAX_LAYERS = 10_000
 
 
 class RecipeError(ValueError):
@@ -182,13 +192,25 @@ class Conditional(Spec):
 def _plain_setting(value: Any, what: str) -> Any:
     """A scalar or a non-empty list of scalars (a gradient)."""
     if _is_scalar(value):
-        return value
+        return _in_float_range(value, what)
     if isinstance(value, list):
         if not value:
             raise ValueError(f"{what} is an empty list; a gradient needs at least one value")
         if all(_is_scalar(e) for e in value):
+            for e in value:
+                _in_float_range(e, what)
             return value
     raise ValueError(f"{what} must be a number, a string, or a list of them (a gradient); got {value!r}")
+
+
+def _in_float_range(value: Any, what: str) -> Any:
+    # Settings are used as floats; an integer past float's range would end in OverflowError.
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _FLOAT_MAX:
+        raise ValueError(f"{what} is an integer of {len(str(abs(value)))} digits, too large for a number")
+    return value
+
+
+_FLOAT_MAX = int(sys.float_info.max)
 
 
 def _setting(value: Any) -> Any:
@@ -287,6 +309,9 @@ class InputSlice(Spec):
         start, end = self.layer_range
         if start < 0 or end < start:
             raise ValueError(f"layer_range [{start}, {end}] of {self.model} must have 0 <= start <= end")
+        if end > MAX_LAYERS:
+            raise ValueError(f"layer_range [{start}, {end}] of {self.model} goes past layer {MAX_LAYERS}; "
+                             "no model has that many")
         return self
 
     @property
@@ -391,6 +416,9 @@ class GraftSpec(Spec):
         for span in (self.component, self.into):
             if isinstance(span, tuple) and not 0 <= span[0] < span[1]:
                 raise ValueError(f"layer range {list(span)} must have 0 <= start < end")
+            if isinstance(span, tuple) and span[1] > MAX_LAYERS:
+                raise ValueError(f"layer range {list(span)} goes past layer {MAX_LAYERS}; "
+                                 "no model has that many")
         if self.into is not None and isinstance(self.into, tuple) != isinstance(self.component, tuple):
             raise ValueError("'into' must be a layer range when 'component' is one, and an id otherwise")
         if isinstance(self.into, tuple) and isinstance(self.component, tuple) \
@@ -527,20 +555,20 @@ def parameter(name: str, *, tensor_name: str | None, t: float, model: ModelRef |
 # ---------------------------------------------------------------------------------- parsing
 
 
-def parse_recipe(text: str | bytes) -> Recipe:
-    """A recipe from YAML text (PyYAML `safe_load`); RecipeError on any defect."""
+def parse_recipe(text: str | bytes, *, source: str = "recipe") -> Recipe:
+    """A recipe from YAML text; RecipeError on any defect. The YAML is read within budgets
+    (64 KB, 64 levels, 10,000 values with aliases expanded) before pydantic walks it: a few
+    hundred bytes of nested aliases would otherwise stand for billions of values."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError([f"the recipe is not valid YAML{where}: {problem}"]) from err
+        data = yaml_load(text, source=source, max_bytes=MAX_RECIPE_BYTES, max_depth=MAX_RECIPE_DEPTH,
+                         max_nodes=MAX_RECIPE_NODES)
+    except ParseError as err:
+        raise RecipeError([str(err)]) from None
     return recipe_from_data(data)
 
 
 def load_recipe(path: Path | str) -> Recipe:
-    return parse_recipe(Path(path).read_text(encoding="utf-8"))
+    return parse_recipe(Path(path).read_text(encoding="utf-8"), source=str(path))
 
 
 def recipe_from_data(data: Any) -> Recipe:
@@ -573,9 +601,13 @@ def _problems(err: ValidationError) -> list[str]:
     by_path: dict[str, int] = {}  # several union branches failing at one place: one line
     errors = err.errors()
     # Inside a union, a wrong key beats the "is not a string" of the other branches.
-    extras = {_clean_loc(e["loc"])[:-1] for e in errors if e["type"] == "extra_forbidden"}
+    extras = {_clean_loc(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
     for error in errors:
         loc = _clean_loc(error["loc"])
+        if error["type"] == "extra_forbidden":
+            # The unknown key is the user's own text: kept as it is, even when it looks like
+            # one of pydantic's union tags ("0[" once emptied the location and crashed here).
+            loc = (*_clean_loc(error["loc"][:-1]), error["loc"][-1])
         if error["type"] != "extra_forbidden" and any(loc[:len(x)] == x for x in extras):
             continue
         if error["type"] == "extra_forbidden":

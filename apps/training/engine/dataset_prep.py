@@ -39,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from apps.assets.engine.safeparse import json_loads
 from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
 
 SCHEMA = "audobon.dataset/1"
@@ -186,7 +187,7 @@ def _json_lines_pass(path: Path) -> list[int]:
                 continue
             where = f"line {number}"
             try:
-                value = json.loads(raw)
+                value = json_loads(raw, source=where, max_bytes=None)
             except UnicodeDecodeError:
                 problems.add(f"{where}: not UTF-8 text")
                 continue
@@ -208,7 +209,7 @@ def _json_list_pass(path: Path) -> None:
         raise DatasetError([f"{path.name}: a JSON list over {MAX_JSON_LIST_BYTES >> 20} MB; "
                             "write it as JSON Lines (one row a line)"])
     try:
-        data = json.loads(path.read_bytes())
+        data = json_loads(path.read_bytes(), source=path.name, max_bytes=None)
     except ValueError as exc:
         raise DatasetError([f"line {getattr(exc, 'lineno', '?')}: not valid JSON "
                             f"({getattr(exc, 'msg', exc)})"], source=path.name) from None
@@ -341,7 +342,7 @@ def peek_rows(path: Path, limit: int = 20) -> tuple[list[dict], str]:
     if kind == "json" and _is_json_list(path):
         if path.stat().st_size <= 64 * 1024 * 1024:
             try:
-                data = json.loads(path.read_bytes())
+                data = json_loads(path.read_bytes(), source=path.name, max_bytes=None)
             except ValueError as exc:
                 return [{"(invalid JSON)": str(exc)}], kind
             rows = [r if isinstance(r, dict) else {"value": r} for r in data[:limit]]
@@ -353,7 +354,7 @@ def peek_rows(path: Path, limit: int = 20) -> tuple[list[dict], str]:
                 if not raw.strip():
                     continue
                 try:
-                    value = json.loads(raw)
+                    value = json_loads(raw, max_bytes=None)
                 except ValueError:
                     value = {"(invalid JSON)": raw[:200].decode("utf-8", errors="replace")}
                 rows.append(value if isinstance(value, dict) else {"value": value})
@@ -652,7 +653,7 @@ def _read_json(path: Path) -> dict:
     if not path.is_file() or path.stat().st_size > 50 * 1024 * 1024:
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json_loads(path.read_text(encoding="utf-8"), source=path.name, max_bytes=None)
     except (ValueError, UnicodeDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -1010,7 +1011,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     with Path(path).open("rb") as fh:
         for number, raw in enumerate(fh, 1):
             if raw.strip():
-                yield number, json.loads(raw)
+                yield number, json_loads(raw, source=f"{Path(path).name} line {number}", max_bytes=None)
 
 
 def head_rows(dataset_folder: Path, split: str = "train", limit: int = 20) -> list[dict]:

@@ -8,11 +8,14 @@ import time
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.assets.engine.safeparse import MAX_DEPTH, ParseError, json_loads
 from apps.monitoring import selectors, services
 from apps.monitoring.engine.terminal import TerminalProgress
 from apps.monitoring.models import Job, JobEvent
 
 WATCH_POLL_S = 0.2
+# Room for the largest recipe (64 KB) with JSON's escapes; each kind's spec checks the rest.
+SPEC_MAX_BYTES = 256 * 1024
 
 
 class Command(BaseCommand):
@@ -45,9 +48,11 @@ class Command(BaseCommand):
 
     def do_submit(self, *, kind, spec, priority, owner, as_json: bool, **_):
         try:
-            spec_obj = json.loads(spec)
-        except ValueError as exc:
-            raise CommandError(f"--spec is not valid JSON: {exc}") from None
+            # Capped before parsing: deep JSON would otherwise end in a RecursionError.
+            spec_obj = json_loads(spec, source="--spec", max_bytes=SPEC_MAX_BYTES, max_depth=MAX_DEPTH)
+        except ParseError as exc:
+            where = f" at line {exc.line}, column {exc.column}" if exc.line else ""
+            raise CommandError(f"--spec is not valid JSON: {exc.reason}{where}") from None
         user = _user(owner) if owner else None
         try:
             job = services.job_submit(kind=kind, spec=spec_obj, owner=user, priority=priority)
