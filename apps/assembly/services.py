@@ -15,6 +15,7 @@ from apps.assembly.engine.plan import ModelNotFoundError, ModelReadError, Plan, 
 from apps.assembly.engine.recipe import parse_recipe
 from apps.assets import selectors as asset_selectors
 from apps.assets import services as asset_services
+from apps.assets.engine.safeparse import json_loads
 from apps.assets.models import AssetVersion
 from apps.assets.roots import PathNotAllowedError, roots_text, web_may_read, web_path_check
 from apps.monitoring.engine.reporter import NullReporter
@@ -212,7 +213,7 @@ def validation_texts(ref: str, limit: int = 1000) -> list[str]:
                     continue
                 if path.suffix == ".jsonl":
                     try:
-                        row = json.loads(line)
+                        row = json_loads(line, max_bytes=None)
                     except ValueError:
                         continue
                     if isinstance(row, dict):

@@ -1,5 +1,4 @@
 import hashlib
-import json
 import mimetypes
 import tarfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from apps.assets import selectors, services
 from apps.assets.engine import previews
 from apps.assets.engine.errors import BlobMissingError, InPlaceChangedError, StoreError, UnsafePathError
+from apps.assets.engine.safeparse import json_loads
 from apps.assets.forms import AssetEditForm, BackupForm, RecoveryPointForm, UploadStartForm
 from apps.assets.lineage_svg import lineage_svg
 from apps.assets.models import Asset, Backup, RecoveryPoint, Upload
@@ -275,7 +275,7 @@ def upload_page(request):
 @require_POST
 def upload_create(request):
     try:
-        data = json.loads(request.body or b"{}")
+        data = json_loads(request.body or b"{}", source="the upload request", max_bytes=1_000_000)
         upload = services.upload_create(owner=request.user, name=data.get("name", ""),
                                         kind=data.get("kind", ""), files=data.get("files") or [])
     except (ValueError, services.AssetInputError) as exc:

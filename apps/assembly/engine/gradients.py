@@ -12,6 +12,11 @@ import math
 from dataclasses import dataclass
 
 import yaml
+from yaml.constructor import SafeConstructor
+
+from apps.assets.engine.safeparse import yaml_compose
+
+_SAFE = SafeConstructor()  # builds a scalar node's value without parsing its text again
 
 # Where parameters live in a recipe: the top level, each model, each slice's sources.
 _CONTAINERS = (("models",), ("slices", "sources"))
@@ -65,10 +70,8 @@ def parse_points(raw: list[str]) -> list[float]:
 
 
 def _compose(text: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise GradientError(f"the recipe is not valid YAML: {exc}") from exc
+    """The recipe's node graph, under the same size, depth and alias budgets as parsing."""
+    return yaml_compose(text, source="the recipe", error=GradientError)
 
 
 def _mapping(node: yaml.Node | None) -> dict[str, yaml.Node]:
@@ -81,9 +84,10 @@ def _number(node: yaml.Node) -> float | None:
     if not isinstance(node, yaml.ScalarNode) or node.tag not in ("tag:yaml.org,2002:int",
                                                                   "tag:yaml.org,2002:float"):
         return None
-    try:
-        return float(yaml.safe_load(node.value))
-    except (ValueError, TypeError, yaml.YAMLError):
+    try:  # the node's own value, without parsing its text again
+        make = _SAFE.construct_yaml_int if node.tag.endswith("int") else _SAFE.construct_yaml_float
+        return float(make(node))
+    except (ValueError, TypeError, OverflowError, IndexError, AttributeError):
         return None
 
 

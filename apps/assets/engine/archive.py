@@ -38,6 +38,8 @@ from apps.assets.engine.progress import ByteProgress
 from apps.assets.engine.store import DISK_FULL_ERRNOS, SHA256_RE, BlobStore, fsync_dir
 from apps.monitoring.engine.reporter import Reporter
 
+from .safeparse import json_loads
+
 BACKUP_FORMAT = 1
 MANIFEST_NAME = "audobon-backup.json"
 TABLES_NAME = "tables.json"
@@ -63,7 +65,7 @@ class BackupManifest:
     @classmethod
     def from_json(cls, data: bytes) -> BackupManifest:
         try:
-            raw = json.loads(data)
+            raw = json_loads(data, source="the backup manifest", max_bytes=None)
             manifest = cls(format=raw["format"], created_at=raw["created_at"],
                            blobs=[(sha, size) for sha, size in raw["blobs"]],
                            tables_sha256=raw["tables_sha256"], meta=raw.get("meta", {}))

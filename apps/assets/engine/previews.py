@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from .safeparse import json_loads
+
 TEXT_HEAD_BYTES = 1024
 DATASET_ROWS = 20
 THUMB_PX = 256
@@ -55,7 +57,7 @@ def text_head(src: Path, *, name: str, limit: int = TEXT_HEAD_BYTES) -> tuple[st
     text = data[:limit].decode("utf-8", errors="replace")
     if not more and Path(name).suffix.lower() == ".json":
         with contextlib.suppress(ValueError):
-            text = json.dumps(json.loads(text), indent=2)[: limit * 4]
+            text = json.dumps(json_loads(text, max_bytes=None), indent=2)[: limit * 4]
     return text, more
 
 
@@ -73,7 +75,7 @@ def dataset_rows(src: Path, *, name: str,
                 if not line:
                     continue
                 try:
-                    value = json.loads(line)
+                    value = json_loads(line, max_bytes=None)
                 except ValueError:
                     value = {"(invalid JSON)": line[:200].decode("utf-8", errors="replace")}
                 records.append(value if isinstance(value, dict) else {"value": value})

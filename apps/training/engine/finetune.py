@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apps.assets.engine.safeparse import json_loads
 from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
 from apps.training.engine.spec import FinetuneSpec
 
@@ -411,7 +412,7 @@ def _sample_prompts(spec: FinetuneSpec, dataset_dir: Path, card: dict) -> list[s
         return prompts
     with path.open() as fh:
         for line in fh:
-            row = json.loads(line)
+            row = json_loads(line, max_bytes=None)
             if card["task"] == "chat":
                 users = [m["content"] for m in row["messages"] if m["role"] == "user"]
                 if users:

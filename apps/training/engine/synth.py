@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from apps.assets.engine.safeparse import json_loads
 from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
 from apps.training.engine.spec import spec_errors, spec_yaml_load
 
@@ -255,7 +256,7 @@ def seed_tasks_load(path: Path, *, limit: int = 10_000) -> list[SeedTask]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json_loads(line, max_bytes=None)
             except ValueError:
                 raise SynthError(f"{path.name} line {number}: not JSON") from None
             task = _seed_task(row)
@@ -380,7 +381,7 @@ def _recover(partial: Path, total: int) -> int:
             if not line.endswith(b"\n"):
                 break
             try:
-                row = json.loads(line)
+                row = json_loads(line, max_bytes=None)
             except ValueError:
                 break
             if not isinstance(row, dict) or row.get("row") != count:
@@ -414,7 +415,7 @@ def _generate(spec: SynthSpec, partial: Path, done: int, batches, reporter: Repo
 def _read_rows(partial: Path) -> Iterator[dict]:
     with partial.open(encoding="utf-8") as fh:
         for line in fh:
-            row = json.loads(line)
+            row = json_loads(line, max_bytes=None)
             row.pop("row", None)
             yield row
 
