@@ -267,7 +267,7 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
         spec = plan.recipe.validation
         off = ("turned off for this run (--no-validate)" if not validate_result else
                "turned off by the recipe (validation: {enabled: false})"
-               if spec is not None and getattr(spec, "enabled", True) is False else None)
+               if spec is not None and not spec.enabled else None)
         parent_dirs = {m.ref: Path(m.path) for m in plan.models if set(m.roles) & {"source", "base"}}
         if off:
             reporter.log(f"validation {off}")

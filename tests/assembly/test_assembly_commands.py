@@ -113,3 +113,11 @@ def test_validation_turned_off_or_not_fitting_is_recorded_on_the_version(demo, t
     assert set(skipped) == {"result", "demo-llama-tune-even", "demo-llama-tune-late"}
     assert "GiB to evaluate, 0.00 GiB available on" in skipped["result"]
     assert done["validation"]["losses"]["result"] is None
+
+
+def test_a_recipe_can_turn_validation_off_on_purpose(demo, tmp_path):
+    recipe = tmp_path / "quiet.yaml"
+    recipe.write_text(RECIPE.replace("0.3", "0.2").replace("0.7", "0.8") + "validation: {enabled: false}\n")
+    done = json.loads(run("assemble", str(recipe), "--json"))
+    assert "turned off by the recipe" in done["validation"]["skipped"]["result"]
+    assert done["validation"]["losses"] == {}

@@ -443,6 +443,7 @@ class ValidationGate(Spec):
 class ValidationSpec(Spec):
     """Audobon: how to check the result (a dataset sample, gates on metrics, prompts to show)."""
 
+    enabled: bool = True  # false: no validation, recorded on the version
     dataset: str | None = None
     max_samples: PositiveInt | None = None
     gates: list[ValidationGate] = Field(default_factory=list)
