@@ -124,3 +124,14 @@ def test_an_extracted_component_is_grafted_by_a_later_recipe(demo):
     assert torch.equal(merged[name], donor[name])
     assert torch.equal(merged["model.layers.1.mlp.up_proj.weight"], base["model.layers.1.mlp.up_proj.weight"])
     assert version.metadata["validation"]["losses"]["result"] > 0  # validated though the recipe asked nothing
+
+
+def test_a_missing_model_is_named_once(fresh_library):
+    """The resolver's own sentence is the message, not repeated in brackets after it."""
+    from apps.assembly import services
+    from apps.assembly.engine.plan import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError) as err:
+        services.recipe_plan("merge_method: linear\nmodels:\n  - model: nowhere-a\n"
+                             "    parameters: {weight: 1}\n")
+    assert str(err.value).count("nowhere-a") == 1 and "is not in the registry" in str(err.value)

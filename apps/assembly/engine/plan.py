@@ -603,6 +603,8 @@ class _Planner:
             path = Path(self.resolve(ref))
         except LookupError as err:
             detail = str(err).strip("'\" ")
+            if detail.startswith(f"model {ref!r}"):  # the resolver already said it in full
+                raise ModelNotFoundError(detail) from None
             extra = f" ({detail})" if detail and detail != ref else ""
             raise ModelNotFoundError(f"model {ref!r} is not in the registry{extra}") from None
         except FileNotFoundError as err:
