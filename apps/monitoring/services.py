@@ -92,6 +92,21 @@ def job_retry(*, job: Job, owner=None) -> Job:
                       priority=job.priority, retry_of=job)
 
 
+def job_priority_set(*, job: Job, priority: int) -> Job:
+    """Change a queued job's priority (higher runs first). The queue gets a new entry at the
+    new priority; whichever entry a worker reaches first claims the job in `job_start`, and
+    the other finds it taken and does nothing."""
+    if not -1000 <= int(priority) <= 1000:
+        raise JobStateError(f"priority {priority} is outside -1000..1000")
+    updated = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(priority=int(priority))
+    job.refresh_from_db()
+    if not updated:
+        raise JobStateError(f"job {job.pk} is {job.status}; only a queued job's priority can change")
+    job_event_record(job_id=job.pk, kind=JobEvent.Kind.LOG, data={"msg": f"priority set to {job.priority}"})
+    _enqueue(job)
+    return job
+
+
 def job_cancel(*, job: Job) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next step."""
     now = timezone.now()

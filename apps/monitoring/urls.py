@@ -10,5 +10,6 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry"),
+    path("jobs/<int:job_id>/priority/", views.job_priority, name="job_priority"),
     path("errors/", views.error_list, name="error_list"),
 ]

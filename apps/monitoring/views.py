@@ -130,3 +130,16 @@ def error_list(request):
         return HttpResponseForbidden("the error log is for administrators")
     groups = selectors.error_groups()
     return render(request, "monitoring/errors.html", {"groups": groups})
+
+
+@login_required
+@require_POST
+def job_priority(request, job_id: int):
+    job = _visible_job_or_404(request, job_id)
+    try:
+        services.job_priority_set(job=job, priority=int(request.POST.get("priority", "")))
+        messages.success(request, f"Job {job.pk}: priority {job.priority}.")
+    except ValueError as exc:  # JobStateError, or not a number
+        messages.error(request, str(exc) if isinstance(exc, services.JobStateError)
+                       else "The priority is a whole number from -1000 to 1000.")
+    return redirect("monitoring:job_detail", job_id=job.pk)

@@ -62,3 +62,24 @@ def test_watch_fails_for_a_failed_job():
 def test_cancel_a_queued_job():
     job = Job.objects.create(kind="selftest", spec={}, queue="light")
     assert jobs("cancel", str(job.pk)) == f"job {job.pk}: cancelled"
+
+
+def test_priority_of_a_queued_job_changes_once_and_it_runs_once():
+    from apps.monitoring.models import JobEvent
+    from apps.monitoring.tasks import execute_job
+
+    job = Job.objects.create(kind="selftest", spec={"steps": 1, "step_seconds": 0}, queue="light")
+    assert jobs("priority", str(job.pk), "7") == f"job {job.pk}: priority 7"
+    job.refresh_from_db()
+    assert job.priority == 7
+    assert job.events.filter(kind=JobEvent.Kind.LOG, data__msg="priority set to 7").exists()
+    # Tests run the queue inline, so the new entry already ran it; the old entry, reached
+    # later by a worker, finds it taken and runs nothing.
+    execute_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == "succeeded"
+    assert job.events.filter(kind=JobEvent.Kind.STATE, data__status="running").count() == 1
+    with pytest.raises(CommandError, match="only a queued job's priority can change"):
+        jobs("priority", str(job.pk), "1")
+    with pytest.raises(CommandError, match=r"outside -1000\.\.1000"):
+        jobs("priority", str(Job.objects.create(kind="selftest", spec={}, queue="light").pk), "5000")

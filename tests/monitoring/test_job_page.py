@@ -36,3 +36,19 @@ def test_a_queued_job_shows_no_usage_and_nothing_made(client, user):
     page = client.get(reverse("monitoring:job_detail", args=[job.pk])).content.decode()
     assert 'id="job-usage"' not in page and 'id="job-outputs"' not in page
     assert "<th>steps</th><td>1</td>" in page
+
+
+def test_a_queued_job_priority_changes_from_its_page(client, user, other_user):
+    client.force_login(user)
+    job = Job.objects.create(kind="selftest", spec={"steps": 1, "step_seconds": 0}, queue="light", owner=user)
+    page = client.get(reverse("monitoring:job_detail", args=[job.pk])).content.decode()
+    assert 'id="priority-form"' in page
+    resp = client.post(reverse("monitoring:job_priority", args=[job.pk]), {"priority": "9"})
+    assert resp.status_code == 302
+    job.refresh_from_db()
+    assert job.priority == 9
+    bad = client.post(reverse("monitoring:job_priority", args=[job.pk]), {"priority": "x"}, follow=True)
+    assert "whole number" in bad.content.decode() or "only a queued job" in bad.content.decode()
+    client.force_login(other_user)
+    url = reverse("monitoring:job_priority", args=[job.pk])
+    assert client.post(url, {"priority": "1"}).status_code == 404  # another user's job

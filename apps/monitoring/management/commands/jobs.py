@@ -19,7 +19,7 @@ SPEC_MAX_BYTES = 256 * 1024
 
 
 class Command(BaseCommand):
-    help = "Submit, list, show, cancel, retry and watch jobs."
+    help = "Submit, list, show, cancel, retry and watch jobs, and change a queued job's priority."
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -40,6 +40,10 @@ class Command(BaseCommand):
             p = sub.add_parser(name, help=text)
             p.add_argument("id", type=int, metavar="ID")
             p.add_argument("--json", action="store_true", dest="as_json")
+        p = sub.add_parser("priority", help="change a queued job's priority (higher runs first)")
+        p.add_argument("id", type=int, metavar="ID")
+        p.add_argument("priority", type=int, metavar="N")
+        p.add_argument("--json", action="store_true", dest="as_json")
 
     def handle(self, *args, action, **opts):
         return getattr(self, f"do_{action}")(**opts)
@@ -99,6 +103,16 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"job {job.pk}: {job.status}"
                               + (" (cancel requested)" if job.status == "running" else ""))
+
+    def do_priority(self, *, id: int, priority: int, as_json: bool, **_):
+        try:
+            job = services.job_priority_set(job=_job(id), priority=priority)
+        except services.JobStateError as exc:
+            raise CommandError(str(exc)) from None
+        if as_json:
+            self._print_json(selectors.job_as_dict(job))
+        else:
+            self.stdout.write(f"job {job.pk}: priority {job.priority}")
 
     def do_retry(self, *, id: int, as_json: bool, **_):
         try:
