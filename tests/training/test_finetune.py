@@ -368,3 +368,29 @@ def test_out_of_memory_is_reported_with_a_smaller_batch_and_the_checkpoint_kept(
         run_finetune(spec, base_dir=Path(family["base"]), dataset_dir=chat_folder, run_dir=tmp_path / "run",
                      out_dir=tmp_path / "out")
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["checkpoint-1"]
+
+
+def test_runs_prune_frees_the_checkpoints_of_finished_runs_only(library, tmp_path):
+    from apps.training.services.finetune import run_dir
+
+    result = _run_command(str(_spec_file(tmp_path, max_steps=4, eval_steps=4, save_steps=2)))
+    run = TrainingRun.objects.get(pk=result["run"])
+    unfinished = TrainingRun.objects.create(name="still going", owner=None, spec=run.spec, base=run.base,
+                                            dataset=run.dataset)
+    kept = run_dir(unfinished) / "checkpoints" / "checkpoint-2"
+    kept.mkdir(parents=True)
+    (kept / "optimizer.pt").write_bytes(b"x" * 1000)
+
+    out = io.StringIO()
+    call_command("runs", "prune", "--json", stdout=out)
+    listed = json.loads(out.getvalue())
+    assert [r["run"] for r in listed["runs"]] == [run.pk] and listed["bytes"] > 0
+    assert (run_dir(run) / "checkpoints").is_dir()  # listing deletes nothing
+
+    out = io.StringIO()
+    call_command("runs", "prune", "--execute", "--json", stdout=out)
+    done = json.loads(out.getvalue())
+    assert done == {"runs": [run.pk], "bytes": listed["bytes"]}
+    assert not any((run_dir(run) / "checkpoints").glob("checkpoint-*"))
+    assert kept.is_dir()  # a run without a registered result keeps its checkpoints
+    assert asset_version_get(ref=result["adapter"])  # the result itself is untouched

@@ -213,3 +213,32 @@ def _device_guess() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checkpoints_prunable() -> list[dict]:
+    """Checkpoints that free space without losing anything: those of runs whose result is
+    registered and that have no job queued or running. `[{"run", "bytes", "paths"}]`."""
+    from apps.training.engine.finetune import CHECKPOINTS
+    from apps.training.run_selectors import run_checkpoints
+
+    out = []
+    busy = {Job.Status.QUEUED, Job.Status.RUNNING}
+    for run in TrainingRun.objects.filter(result__isnull=False).order_by("pk"):
+        if run.jobs.filter(status__in=busy).exists():
+            continue
+        found = run_checkpoints(run)
+        if found:
+            out.append({"run": run, "bytes": sum(c["bytes"] for c in found),
+                        "paths": [run_dir(run) / CHECKPOINTS / c["name"] for c in found]})
+    return out
+
+
+def checkpoints_prune() -> dict:
+    """Delete what `checkpoints_prunable` lists. Returns {"runs": [ids], "bytes": freed}."""
+    freed, runs = 0, []
+    for item in checkpoints_prunable():
+        for path in item["paths"]:
+            shutil.rmtree(path, ignore_errors=True)
+        freed += item["bytes"]
+        runs.append(item["run"].pk)
+    return {"runs": runs, "bytes": freed}

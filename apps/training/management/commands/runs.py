@@ -5,13 +5,32 @@ from apps.training.models import TrainingRun
 
 class Command(ForegroundCommand):
     help = ("Fine-tuning runs: `runs list`, `runs show ID` (status, metrics, checkpoints, spec), "
-            "`runs compare ID ID [...]` (final metrics and the spec keys that differ).")
+            "`runs compare ID ID [...]` (final metrics and the spec keys that differ), "
+            "`runs prune [--execute]` (the checkpoints of finished runs, and the space they hold).")
 
     def add_arguments(self, parser):
-        parser.add_argument("action", choices=("list", "show", "compare"))
+        parser.add_argument("action", choices=("list", "show", "compare", "prune"))
         parser.add_argument("ids", nargs="*", type=int, metavar="ID")
+        parser.add_argument("--execute", action="store_true", help="prune: delete them (default: list)")
 
-    def handle(self, *args, action, ids, **opts):
+    def handle(self, *args, action, ids, execute=False, **opts):
+        if action == "prune":
+            from apps.training.services.finetune import checkpoints_prunable, checkpoints_prune
+
+            found = checkpoints_prunable()
+            total = sum(i["bytes"] for i in found)
+            if execute:
+                done = checkpoints_prune()
+                self.emit(done, f"deleted the checkpoints of {len(done['runs'])} finished run(s): "
+                                f"{done['bytes'] / 1e9:.2f} GB freed")
+                return
+            rows = [{"run": i["run"].pk, "name": i["run"].name, "bytes": i["bytes"]} for i in found]
+            text = "\n".join(f"run {r['run']} {r['name']}: {r['bytes'] / 1e9:.2f} GB of checkpoints"
+                             for r in rows) or "no finished run keeps checkpoints"
+            self.emit({"runs": rows, "bytes": total},
+                      text + (f"\n{total / 1e9:.2f} GB in all; `audobon runs prune --execute` frees it"
+                              if rows else ""))
+            return
         if action == "list":
             runs = list(run_selectors.runs_visible(user=None)[:200])
             latest = run_selectors.runs_jobs_latest(runs)
