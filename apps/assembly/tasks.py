@@ -21,7 +21,16 @@ class AssembleSpec(BaseModel):
         return self
 
 
-@job_kind(name="assemble", spec=AssembleSpec, area="assembly", label="Assemble a model", queue="heavy")
+def _needs(spec: AssembleSpec) -> dict:
+    """From the plan: the merge's peak memory or validation's (one model at a time), and the
+    output's disk."""
+    est = services.recipe_plan(spec.recipe).estimate
+    validation = est.validation_peak_memory_bytes if spec.validate_result else 0
+    return {"memory": max(est.peak_memory_bytes, validation), "disk": est.disk_bytes, "device": "cpu"}
+
+
+@job_kind(name="assemble", spec=AssembleSpec, area="assembly", label="Assemble a model", queue="heavy",
+          needs=_needs)
 def assemble(spec: AssembleSpec, reporter, job) -> dict:
     version, reused = services.assemble(text=spec.recipe, name=spec.name, owner=job.owner, job=job,
                                         reporter=reporter, validate_result=spec.validate_result)

@@ -26,6 +26,9 @@ class JobKind:
     # Called with a job of this kind whose worker died (now `interrupted`): a kind that can
     # continue from where it stopped (checkpoints) submits its continuation here.
     on_interrupted: Callable[[Any], object] | None = None
+    # What a job of this kind needs before it runs, from its plan or estimate:
+    # needs(spec) -> {"memory": bytes, "disk": bytes, "device": "cpu" | "cuda[:N]"} or None.
+    needs: Callable[[Any], dict | None] | None = None
 
     @property
     def queue_label(self) -> str:
@@ -39,7 +42,8 @@ JOB_KINDS: dict[str, JobKind] = {}
 
 
 def job_kind(*, name: str, spec: type[BaseModel], area: str, label: str = "",
-             queue: QueueChoice = "light", on_interrupted: Callable[[Any], object] | None = None):
+             queue: QueueChoice = "light", on_interrupted: Callable[[Any], object] | None = None,
+             needs: Callable[[Any], dict | None] | None = None):
     """Register the decorated function as the runner of job kind `name`."""
 
     def register(fn):
@@ -47,7 +51,7 @@ def job_kind(*, name: str, spec: type[BaseModel], area: str, label: str = "",
             raise ValueError(f"job kind {name!r} is registered twice")
         JOB_KINDS[name] = JobKind(
             name=name, label=label or name, area=area, spec_model=spec, run=fn, queue=queue,
-            on_interrupted=on_interrupted,
+            on_interrupted=on_interrupted, needs=needs,
         )
         return fn
 

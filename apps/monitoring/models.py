@@ -46,6 +46,10 @@ class Job(models.Model):
     # peak GPU memory torch allocated (null without CUDA).
     peak_rss = models.BigIntegerField(null=True, blank=True)
     peak_gpu_memory = models.BigIntegerField(null=True, blank=True)
+    # What the kind declared it needs ({"memory", "disk", "device"}), and while it waits for
+    # room beside the running jobs, why.
+    needs = models.JSONField(null=True, blank=True)
+    waiting_for = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 import time
 from datetime import timedelta
@@ -359,3 +360,38 @@ def error_record(*, exc: BaseException, where: str = "", job_id: int | None = No
     except Exception:  # the database itself may be what failed
         logger.exception("could not record an error in the error log")
         return None
+
+
+# --- room for a job -----------------------------------------------------------------------------
+
+def machine_now(device: str | None, *, exclude_job: int | None = None):
+    """Memory and disk on `device` now, and what the running jobs declared on it; None when
+    that device's memory cannot be read (a GPU without NVML or nvidia-smi): not checked."""
+    from apps.monitoring.engine.fit import Machine
+    from apps.monitoring.engine.resources import read_gpus
+
+    device = device or "cpu"
+    running = Job.objects.filter(status=Job.Status.RUNNING, needs__isnull=False)
+    if exclude_job is not None:
+        running = running.exclude(pk=exclude_job)
+    same = [j.needs for j in running.only("needs") if (j.needs.get("device") or "cpu") == device]
+    disk = shutil.disk_usage(settings.AUDOBON_HOME)
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        gpu = next((g for g in read_gpus() if g.get("index") == index), None)
+        if gpu is None or not gpu.get("mem_total_mb"):
+            return None
+        total = int(gpu["mem_total_mb"] * 2**20)
+        free = total - int((gpu.get("mem_used_mb") or 0) * 2**20)
+    else:
+        mem = psutil.virtual_memory()
+        total, free = mem.total, mem.available
+    return Machine(memory_total=total, memory_free=free, disk_free=disk.free,
+                   reserved_memory=sum(int(n.get("memory") or 0) for n in same),
+                   reserved_disk=sum(int(n.get("disk") or 0) for n in same))
+
+
+def job_waiting_set(*, job_id: int, reason: str) -> None:
+    Job.objects.filter(pk=job_id).update(waiting_for=reason[:500])
+    if reason:
+        job_event_record(job_id=job_id, kind=JobEvent.Kind.LOG, data={"msg": reason})

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from apps.monitoring import services
+from apps.monitoring.engine.fit import fit_check
 from apps.monitoring.engine.reporter import JobCancelled
 from apps.monitoring.engine.selftest import SelftestSpec, run_selftest
 from apps.monitoring.engine.usage import UsageWatch
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 # Progress rows are written at most this often; metrics and logs are always kept.
 PROGRESS_EVERY_S = 0.1
 CANCEL_CHECK_EVERY_S = 0.2
+FIT_POLL_S = 2.0  # how often a job waiting for room looks again
 
 
 def current_worker_id() -> str:
@@ -123,9 +125,11 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
     if job is None:
         logger.error("job %s does not exist; dropping its queue entry", job_id)
         return
+    kind = JOB_KINDS.get(job.kind)
+    if kind is not None and kind.needs is not None and not _wait_until_it_fits(job, kind):
+        return  # it can never fit here: failed with the numbers
     if not services.job_start(job_id=job_id, worker_id=current_worker_id()):
         return  # cancelled (or taken) before it started
-    kind = JOB_KINDS.get(job.kind)
     heartbeat = _Heartbeat(job_id) if in_worker else None
     if heartbeat:
         heartbeat.start()
@@ -159,6 +163,40 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
             heartbeat.join(timeout=5)
         if in_worker:
             close_old_connections()
+
+
+def _wait_until_it_fits(job: Job, kind) -> bool:
+    """Hold a queued job until what its kind declares it needs fits beside the running
+    jobs, saying why it waits on its page; fail it at once when it can never fit here.
+    False when it was failed."""
+    try:
+        needs = kind.needs(kind.spec_model.model_validate(job.spec))
+    except Exception:  # a bad spec or estimate fails in the run itself, with its message
+        return True
+    if not needs:
+        return True
+    Job.objects.filter(pk=job.pk).update(needs=needs)
+    said = ""
+    while True:
+        status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+        if status != Job.Status.QUEUED:
+            return True  # cancelled or taken meanwhile: job_start sorts it out
+        machine = services.machine_now(needs.get("device"), exclude_job=job.pk)
+        if machine is None:
+            return True  # that device's memory cannot be read here: nothing to check against
+        verdict, why = fit_check(needs, machine)
+        if verdict == "fits":
+            if said:
+                services.job_waiting_set(job_id=job.pk, reason="")
+            return True
+        if verdict == "never":
+            services.job_finish(job_id=job.pk, status=Job.Status.FAILED,
+                                error=f"this job cannot run on this machine: it {why}")
+            return False
+        if why != said:
+            services.job_waiting_set(job_id=job.pk, reason=why)
+            said = why
+        time.sleep(FIT_POLL_S)
 
 
 def _run_job_task(queue_name: str):

@@ -23,6 +23,21 @@ class FinetuneJobSpec(BaseModel):
         return self
 
 
+def _needs(spec: FinetuneJobSpec) -> dict:
+    """The header-only memory estimate of the run, on the device it will use."""
+    from pathlib import Path
+
+    from apps.training.engine.estimate import memory_estimate
+    from apps.training.run_selectors import estimate_device
+    from apps.training.services.finetune import finetune_inputs
+
+    base_dir, _, _, _ = finetune_inputs(spec.finetune)
+    device = estimate_device(spec.finetune)
+    est = memory_estimate(spec.finetune, Path(base_dir), device=device)
+    wanted = spec.finetune.device or device
+    return {"memory": int(est["bytes"]), "device": wanted if wanted != "cuda" else "cuda:0"}
+
+
 def _continue(job):
     from apps.training.services.finetune import finetune_continue_interrupted
 
@@ -30,7 +45,7 @@ def _continue(job):
 
 
 @job_kind(name="finetune", spec=FinetuneJobSpec, area="training", label="Fine-tune a model", queue="heavy",
-          on_interrupted=_continue)
+          on_interrupted=_continue, needs=_needs)
 def finetune(spec: FinetuneJobSpec, reporter, job) -> dict:
     from apps.training.models import TrainingRun
     from apps.training.services.finetune import finetune_execute
