@@ -9,15 +9,18 @@ from apps.assembly.engine.validation import default_texts, validate
 from apps.registry.engine.demo_models import make_llama_family
 
 
-@pytest.fixture(scope="module")
-def merged(tmp_path_factory):
-    root = tmp_path_factory.mktemp("v")
+def _merge(root, extra: str = ""):
     family = make_llama_family(root / "family")
     recipe = parse_recipe("merge_method: linear\nmodels:\n  - model: even\n    parameters: {weight: 0.5}\n"
-                          "  - model: late\n    parameters: {weight: 0.5}\n")
+                          "  - model: late\n    parameters: {weight: 0.5}\n" + extra)
     paths = {"even": family["tune-even"], "late": family["tune-late"]}
     execute(make_plan(recipe, lambda r: paths[r]), root / "out")
     return root / "out", paths
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    return _merge(tmp_path_factory.mktemp("v"))
 
 
 def test_losses_side_by_side_samples_and_a_passing_gate(merged):
@@ -46,13 +49,7 @@ def test_default_texts_are_real_prose_and_stable():
 
 @pytest.fixture(scope="module")
 def merged_bf16(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vb")
-    family = make_llama_family(root / "family")
-    recipe = parse_recipe("merge_method: linear\nmodels:\n  - model: even\n    parameters: {weight: 0.5}\n"
-                          "  - model: late\n    parameters: {weight: 0.5}\ndtype: bfloat16\n")
-    paths = {"even": family["tune-even"], "late": family["tune-late"]}
-    execute(make_plan(recipe, lambda r: paths[r]), root / "out")
-    return root / "out", paths
+    return _merge(tmp_path_factory.mktemp("vb"), "dtype: bfloat16\n")
 
 
 def test_each_model_is_evaluated_in_its_stored_dtype(merged_bf16):
