@@ -240,7 +240,8 @@ def cache_key(plan: Plan, text: str) -> str:
 
 
 def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
-             out: Path | None = None, validate_result: bool = True) -> tuple[AssetVersion, bool]:
+             out: Path | None = None, validate_result: bool = True,
+             plan: Plan | None = None) -> tuple[AssetVersion, bool]:
     """Plan, run, validate and register. Returns (version, reused): the same recipe over
     the same inputs returns the version made before, at once."""
     from apps.assembly.engine.executor import execute
@@ -248,7 +249,7 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
 
     reporter = reporter or NullReporter()
     name = asset_services.asset_name_check(name)
-    plan = recipe_plan(text)
+    plan = plan or recipe_plan(text)  # a job's spec carries the plan it was checked with
     key = cache_key(plan, text)
     done = AssetVersion.objects.filter(spec__cache_key=key).select_related("asset").first()
     if done is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from apps.assembly import services
 from apps.monitoring.jobkinds import job_kind
@@ -13,18 +15,21 @@ class AssembleSpec(BaseModel):
     recipe: str = Field(min_length=1, description="the recipe's YAML text")
     name: str = Field(min_length=1, description="the asset the result becomes a version of")
     validate_result: bool = Field(default=True, description="false: skip validation, recorded on the version")
+    # The plan made while validating: the worker's needs check and the run use it, so a
+    # recipe is planned once at submission and once in the worker, not again for each.
+    _plan: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _plannable(self):
         # Refused at submit time, with the planner's message, so nothing is queued.
-        services.recipe_plan(self.recipe)
+        self._plan = services.recipe_plan(self.recipe)
         return self
 
 
 def _needs(spec: AssembleSpec) -> dict:
     """From the plan: the merge's peak memory or validation's (one model at a time), and the
     output's disk."""
-    est = services.recipe_plan(spec.recipe).estimate
+    est = spec._plan.estimate
     validation = est.validation_peak_memory_bytes if spec.validate_result else 0
     return {"memory": max(est.peak_memory_bytes, validation), "disk": est.disk_bytes, "device": "cpu"}
 
@@ -33,7 +38,8 @@ def _needs(spec: AssembleSpec) -> dict:
           needs=_needs)
 def assemble(spec: AssembleSpec, reporter, job) -> dict:
     version, reused = services.assemble(text=spec.recipe, name=spec.name, owner=job.owner, job=job,
-                                        reporter=reporter, validate_result=spec.validate_result)
+                                        reporter=reporter, validate_result=spec.validate_result,
+                                        plan=spec._plan)
     return {"asset": version.asset.name, "version": version.number, "reused": reused}
 
 

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from apps.monitoring.engine.errors import error_signature
 from apps.monitoring.jobkinds import JOB_KINDS, JobKind
@@ -40,8 +40,8 @@ class JobStateError(ValueError):
 
 # --- submitting -------------------------------------------------------------------------
 
-def job_spec_validate(*, kind: str, spec) -> tuple[JobKind, dict]:
-    """Check kind and spec; return the kind and the spec with defaults filled in."""
+def job_spec_validate(*, kind: str, spec) -> tuple[JobKind, BaseModel]:
+    """Check kind and spec; return the kind and the parsed spec (defaults filled in)."""
     job_kind = JOB_KINDS.get(kind)
     if job_kind is None:
         known = ", ".join(sorted(JOB_KINDS)) or "none"
@@ -58,7 +58,7 @@ def job_spec_validate(*, kind: str, spec) -> tuple[JobKind, dict]:
             for err in exc.errors()
         )
         raise JobSpecError(f"invalid spec for {kind}: {problems}") from None
-    return job_kind, parsed.model_dump(mode="json")
+    return job_kind, parsed
 
 
 def job_submit(*, kind: str, spec=None, owner=None, priority: int = 0,
@@ -66,8 +66,8 @@ def job_submit(*, kind: str, spec=None, owner=None, priority: int = 0,
     """Validate, record and enqueue a job. Raises JobSpecError and queues nothing on bad input.
     With `enqueue=False` the job is only recorded, for a command that runs it in its own
     process (`execute_job`) and still shows it on the pages like any other."""
-    job_kind, clean_spec = job_spec_validate(kind=kind, spec=spec)
-    queue = job_kind.queue_for(job_kind.spec_model.model_validate(clean_spec))
+    job_kind, parsed = job_spec_validate(kind=kind, spec=spec)
+    clean_spec, queue = parsed.model_dump(mode="json"), job_kind.queue_for(parsed)
     with transaction.atomic():
         job = Job.objects.create(
             kind=kind, spec=clean_spec, owner=owner, priority=int(priority), queue=queue,

@@ -126,7 +126,14 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
         logger.error("job %s does not exist; dropping its queue entry", job_id)
         return
     kind = JOB_KINDS.get(job.kind)
-    if kind is not None and kind.needs is not None and not _wait_until_it_fits(job, kind):
+    spec = None
+    if kind is not None:
+        try:
+            spec = kind.spec_model.model_validate(job.spec)
+        except Exception:  # validated again below, where the failure is recorded
+            spec = None
+    if kind is not None and kind.needs is not None and spec is not None \
+            and not _wait_until_it_fits(job, kind, spec):
         return  # it can never fit here: failed with the numbers
     if not services.job_start(job_id=job_id, worker_id=current_worker_id()):
         return  # cancelled (or taken) before it started
@@ -138,7 +145,7 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
     try:
         if kind is None:
             raise LookupError(f"no worker code for job kind {job.kind!r}")
-        spec = kind.spec_model.model_validate(job.spec)
+        spec = spec or kind.spec_model.model_validate(job.spec)
         reporter = JobReporter(job_id, tee=tee)
         try:
             result = kind.run(spec, reporter, job)
@@ -165,12 +172,12 @@ def execute_job(job_id: int, *, tee=None, in_worker: bool | None = None) -> None
             close_old_connections()
 
 
-def _wait_until_it_fits(job: Job, kind) -> bool:
+def _wait_until_it_fits(job: Job, kind, spec) -> bool:
     """Hold a queued job until what its kind declares it needs fits beside the running
     jobs, saying why it waits on its page; fail it at once when it can never fit here.
     False when it was failed."""
     try:
-        needs = kind.needs(kind.spec_model.model_validate(job.spec))
+        needs = kind.needs(spec)
     except Exception:  # a bad spec or estimate fails in the run itself, with its message
         return True
     if not needs:

@@ -135,3 +135,24 @@ def test_a_missing_model_is_named_once(fresh_library):
         services.recipe_plan("merge_method: linear\nmodels:\n  - model: nowhere-a\n"
                              "    parameters: {weight: 1}\n")
     assert str(err.value).count("nowhere-a") == 1 and "is not in the registry" in str(err.value)
+
+
+def test_a_submitted_recipe_is_planned_once_at_submission_and_once_in_the_worker(demo, monkeypatch):
+    """The worker's spec check, its memory check and the run share one plan."""
+    from apps.assembly import services
+    from apps.monitoring.services import job_submit
+
+    calls = []
+    real = services.recipe_plan
+
+    def counting(text, **kw):
+        calls.append(text)
+        return real(text, **kw)
+
+    monkeypatch.setattr(services, "recipe_plan", counting)
+    recipe = ("merge_method: linear\nmodels:\n"
+              "  - model: demo-llama-tune-even\n    parameters: {weight: 0.5}\n"
+              "  - model: demo-llama-tune-late\n    parameters: {weight: 0.5}\n")
+    job = job_submit(kind="assemble", spec={"recipe": recipe, "name": "planned-twice"})
+    assert job.status == "succeeded", job.error
+    assert len(calls) == 2  # submission, then the worker (tests run the queue inline)
