@@ -213,15 +213,23 @@ def job_usage(job: Job) -> dict:
             "steps_per_second": round(job.steps_done / seconds, 2) if seconds and job.steps_done else None}
 
 
+CHART_SAMPLE_POINTS = 300
+
+
 def resource_history(*, hours: float = 1.0, now=None) -> str:
     """An SVG chart of CPU and RAM use (percent) over the last `hours`, from the stored
     samples (raw for the last hour, minute means before it); "" when there are none."""
     from datetime import timedelta
 
+    from django.db.models.functions import Mod
+
     now = now or timezone.now()
-    rows = ResourceSample.objects.filter(created_at__gte=now - timedelta(hours=hours)).order_by("created_at")
-    if hours > 1:  # the minute means, and the raw samples of the last hour folded the same way
-        rows = rows.filter(resolution__gt=0) | rows.filter(created_at__gte=now - timedelta(hours=1))
+    rows = ResourceSample.objects.filter(created_at__gte=now - timedelta(hours=hours))
+    # About CHART_SAMPLE_POINTS rows, evenly spread (every k-th by id): a week holds ~12,000 rows,
+    # and reading them all (with their GPU JSON) would cost the page its speed.
+    step = -(-rows.count() // CHART_SAMPLE_POINTS)
+    if step > 1:
+        rows = rows.annotate(pick=Mod("id", step)).filter(pick=0)
     cpu, ram, gpu = [], [], []
     for s in rows.order_by("created_at").values("created_at", "cpu_percent", "ram_used", "ram_total", "gpus"):
         x = round((s["created_at"] - now).total_seconds() / 60, 2)  # minutes, 0 = now
