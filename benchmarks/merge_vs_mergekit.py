@@ -1,10 +1,14 @@
 """Merging against mergekit 0.1.5: the same recipe over the same inputs, in the same run.
 
 Generates a Llama-shaped bf16 base of about --params parameters and two fine-tunes of it
-(base + small noise), then for linear and ties runs `mergekit-yaml` (from its own venv,
---mergekit-python) and Audobon's executor, each in a fresh process, measuring wall time
-and peak RSS (the process tree's, sampled every 20 ms), and compares the outputs tensor
-by tensor.
+(base + small noise), then for linear and ties runs, each in a fresh process:
+- `audobon assemble RECIPE --name N --out DIR`, the whole command as a user runs it (start
+  to exit: plan, merge, default validation, the result registered in the library of a home
+  migrated beforehand, `--out` written);
+- Audobon's engine alone (plan + execute, nothing registered), beside it;
+- `mergekit-yaml` (from its own venv, --mergekit-python);
+measuring wall time and peak RSS (the process tree's, sampled every 20 ms), and compares
+the outputs tensor by tensor. The ratios to mergekit are the whole command's.
 
     python benchmarks/merge_vs_mergekit.py [--params 250M] [--methods linear ties] [--repeat 3]
         [--mergekit-python /work/mergekit-venv/bin/python] [--dir /work]
@@ -100,6 +104,14 @@ execute(make_plan(parse_recipe(text), lambda ref: Path(ref)), Path(sys.argv[2]),
 """
 
 
+def run_command(home: Path, recipe: Path, name: str, out: Path, env: dict) -> tuple[float, int]:
+    """The whole `audobon assemble` as a user runs it, in a home migrated beforehand."""
+    cmd_env = {**env, "AUDOBON_HOME": str(home), "HF_HUB_OFFLINE": "1",
+               "DJANGO_SETTINGS_MODULE": "audobon_site.settings"}
+    return run_measured([sys.executable, "-m", "audobon_site.cli", "assemble", str(recipe), "--name", name,
+                         "--out", str(out)], env=cmd_env)
+
+
 def run_measured(argv: list[str], env: dict | None = None) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes of the process and its children)."""
     started = time.monotonic()
@@ -156,15 +168,23 @@ def main() -> None:
         print(f"models: 3 x {size / 1e9:.2f} GB bf16 ({size // 2 / 1e6:.0f} M parameters each)")
         paths = [str(REPO), os.environ.get("PYTHONPATH")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        env = {k: v for k, v in env.items() if not k.startswith("AUDOBON_") and k != "DJANGO_SETTINGS_MODULE"}
+        home = tmp / "home"
+        subprocess.run([sys.executable, "-m", "audobon_site.cli", "migrate", "-v", "0"], check=True,
+                       cwd=REPO, env={**env, "AUDOBON_HOME": str(home),
+                                      "DJANGO_SETTINGS_MODULE": "audobon_site.settings"})
         for method in args.methods:
             m = tmp / "models"
             recipe = tmp / f"{method}.yaml"
             recipe.write_text(RECIPES[method].format(base=m / "base", a=m / "tune-a", b=m / "tune-b"))
-            ours_runs, mk_runs = [], []
-            for _ in range(args.repeat):  # alternating, so a slow spell of the machine hits both
+            ours_runs, engine_runs, mk_runs = [], [], []
+            for i in range(args.repeat):  # alternating, so a slow spell of the machine hits both
                 shutil.rmtree(tmp / f"ours-{method}", ignore_errors=True)
-                ours_runs.append(run_measured(
-                    [sys.executable, "-c", OURS, str(recipe), str(tmp / f"ours-{method}")], env=env))
+                ours_runs.append(run_command(home, recipe, f"bench-{method}-{i}", tmp / f"ours-{method}",
+                                             env))
+                shutil.rmtree(tmp / f"engine-{method}", ignore_errors=True)
+                engine_runs.append(run_measured(
+                    [sys.executable, "-c", OURS, str(recipe), str(tmp / f"engine-{method}")], env=env))
                 if not args.only_ours:
                     shutil.rmtree(tmp / f"mk-{method}", ignore_errors=True)
                     mk = Path(args.mergekit_python).with_name("mergekit-yaml")
@@ -172,8 +192,10 @@ def main() -> None:
                                                  "--no-copy-tokenizer", "--no-write-model-card", "--quiet",
                                                  "--random-seed", "0"]))
             ours_wall, ours_rss = _median(ours_runs)
+            engine_wall, engine_rss = _median(engine_runs)
             times = f" (median of {args.repeat})" if args.repeat > 1 else ""
-            line = f"{method}: audobon {ours_wall:.1f} s, peak RSS {ours_rss / 1e9:.2f} GB{times}"
+            line = (f"{method}: `audobon assemble` {ours_wall:.1f} s, peak RSS {ours_rss / 1e9:.2f} GB"
+                    f"{times} (engine alone {engine_wall:.1f} s, {engine_rss / 1e9:.2f} GB)")
             if mk_runs:
                 mk_wall, mk_rss = _median(mk_runs)
                 diff = max_abs_diff(tmp / f"ours-{method}", tmp / f"mk-{method}")

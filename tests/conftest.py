@@ -5,12 +5,20 @@ from apps.monitoring.jobkinds import JOB_KINDS
 
 @pytest.fixture
 def user(django_user_model):
-    return django_user_model.objects.create_user(username="ada", password="pw-ada-123456")
+    """The one account of a single-user home, as `audobon up` makes it: an admin, who owns
+    what commands made before it existed and sees everything."""
+    return django_user_model.objects.create_superuser(username="ada", password="pw-ada-123456")
 
 
 @pytest.fixture
 def other_user(django_user_model):
+    """A second person on a LAN server: not an admin."""
     return django_user_model.objects.create_user(username="bob", password="pw-bob-123456")
+
+
+@pytest.fixture
+def third_user(django_user_model):
+    return django_user_model.objects.create_user(username="cy", password="pw-cy-1234567")
 
 
 @pytest.fixture

@@ -149,7 +149,7 @@ def test_up_runs_jobs_survives_a_crashed_worker_and_stops_cleanly(home):
         # kill -9 the heavy worker in the middle of a heavy job: the job becomes
         # interrupted and the supervisor starts a new worker.
         long_id = int(audobon(env, "jobs", "submit", "selftest", "--spec",
-                              '{"steps": 200, "step_seconds": 0.1, "queue": "heavy"}').stdout)
+                              '{"steps": 2000, "step_seconds": 0.1, "queue": "heavy"}').stdout)
         _wait(lambda: _job(env, long_id)["status"] == "running")
         worker = up.child("--queue heavy")
         os.kill(worker.pid, signal.SIGKILL)
@@ -161,6 +161,8 @@ def test_up_runs_jobs_survives_a_crashed_worker_and_stops_cleanly(home):
         assert new_worker.is_running()
         assert "heavy-worker exited with code -9" in "".join(up.lines)
         # The new heavy worker takes jobs again.
+        # (2000 steps of 0.1 s: it stays running past the light job below even on a loaded machine,
+        # and the stop below ends it.)
         again = int(audobon(env, "jobs", "retry", str(long_id)).stdout)
         _wait(lambda: _job(env, again)["status"] == "running")
         assert _job(env, again)["worker_id"].endswith(f":{new_worker.pid}:heavy")

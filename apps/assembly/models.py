@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from audobon_site.access import visibility_fields
+
 
 class Recipe(models.Model):
     """A saved recipe (mergekit YAML plus Audobon's additions). Runs are jobs; their results
@@ -10,6 +12,7 @@ class Recipe(models.Model):
     text = models.TextField()
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="recipes")
+    visibility, group = visibility_fields()
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

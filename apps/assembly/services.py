@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 from django.conf import settings
+from django.db import transaction
 
 from apps.assembly.engine.plan import ModelNotFoundError, ModelReadError, Plan, PlanError, make_plan
 from apps.assembly.engine.recipe import parse_recipe
+from apps.assembly.models import Recipe
 from apps.assets import selectors as asset_selectors
 from apps.assets import services as asset_services
 from apps.assets.engine.safeparse import json_loads
 from apps.assets.models import AssetVersion
-from apps.assets.roots import PathNotAllowedError, roots_text, web_may_read, web_path_check
+from apps.assets.roots import PathNotAllowedError, web_path_check
+from apps.assets.storage_report import assembly_cached
 from apps.monitoring.engine.reporter import NullReporter
 from apps.monitoring.startup import on_startup
 from apps.registry import services as registry_services
-from apps.registry.models import DiscoveredModel
+from audobon_site.access import UNSET, Visibility, can_change, resolve_user, visible_q
 
 DEFAULT_VALIDATION_SAMPLES = 16
 DEFAULT_PROMPTS = ["The json module", "In Python, a list"]
@@ -43,75 +45,54 @@ def assembly_startup_clean() -> int:
 
 # --- resolving model references ---------------------------------------------------------------
 
+class RecipeNameTaken(ValueError):
+    """A saved recipe of that name belongs to someone else."""
+
+
+def recipes_visible(*, user=UNSET):
+    """Saved recipes `user` may see (default: whom the running code acts for)."""
+    user = resolve_user(user)
+    qs = Recipe.objects.select_related("owner")
+    return qs if user is None else qs.filter(visible_q(user))
+
+
+def recipe_save(*, name: str, text: str, owner, visibility: str | None = None) -> Recipe:
+    """Save (or update) recipe `name`, seen by `visibility` (default: as it was, or the
+    site's default). Another user's recipe is never overwritten, even when it is shared:
+    its name is taken."""
+    name = name.strip()
+    if not name:
+        raise ValueError("give the recipe a name")
+    if visibility is not None and visibility not in (Visibility.PRIVATE, Visibility.EVERYONE):
+        raise ValueError(f"visibility {visibility!r}: private or everyone (a group: `audobon share`)")
+    with transaction.atomic():
+        recipe = Recipe.objects.select_for_update().filter(name=name).first()
+        if recipe is None:
+            extra = {"visibility": visibility} if visibility else {}
+            return Recipe.objects.create(name=name[:200], text=text, owner=owner, **extra)
+        if owner is not None and not can_change(owner, recipe):
+            raise RecipeNameTaken(f"the recipe name {name!r} is taken by someone else's recipe: "
+                                  "choose another name")
+        recipe.text = text
+        fields = ["text", "updated_at"]
+        if visibility:
+            recipe.visibility, recipe.group = visibility, None
+            fields += ["visibility", "group"]
+        recipe.save(update_fields=fields)
+        return recipe
+
+
 def resolve_reference(ref: str, *, web: bool = False) -> tuple[Path, AssetVersion | None]:
-    """A recipe's model reference → its folder: a path, `asset:NAME@V`, a library name, or a
-    Hugging Face id found by a registry scan (`org/name`). LookupError names what is missing.
-
-    With `web` (a recipe typed in the browser), library names and registered ids come first,
-    and a path must pass the web's boundary (apps/assets/roots.py) before anything on disk is
-    looked at, so a refusal tells nothing about whether the path exists."""
-    if web:
-        return _resolve_for_web(ref)
-    text = ref.removeprefix("asset:")
-    if "/" in text and not Path(text).exists():
-        repo, _, rev = text.partition("@")
-        found = DiscoveredModel.objects.filter(name=repo, missing=False).exclude(asset=None).first()
-        if found is None:
-            raise LookupError(f"model {ref!r} is not in the registry (scan the folder or hub cache "
-                              "that holds it)")
-        text = found.asset.name + (f"@{rev}" if rev.isdigit() else "")
+    """A model, adapter or dataset a recipe names, through the registry's one resolver
+    (`registry.services.resolve_model`), as a LookupError in the planner's words."""
     try:
-        return registry_services.resolve_model(text)
-    except registry_services.ModelRefError:
-        raise LookupError(f"model {ref!r} is not in the registry") from None
-
-
-def _resolve_for_web(ref: str) -> tuple[Path, AssetVersion | None]:
-    text = ref.removeprefix("asset:")
-    try:
-        version = asset_selectors.asset_version_get(ref=text)
-    except LookupError:
-        version = None
-    if version is not None:
-        return registry_services.version_folder(version), version
-    looks_like_path = text.startswith(("/", "~", ".")) or "\\" in text
-    if "/" in text and not looks_like_path:
-        repo, _, rev = text.partition("@")
-        found = DiscoveredModel.objects.filter(name=repo, missing=False).exclude(asset=None).first()
-        if found is not None:
-            try:
-                version = asset_selectors.asset_version_get(
-                    ref=found.asset.name + (f"@{rev}" if rev.isdigit() else ""))
-            except LookupError as exc:
-                raise LookupError(f"model {ref!r}: {exc}") from None
-            return registry_services.version_folder(version), version
-    if not looks_like_path:
-        raise LookupError(f"model {ref!r} is not in the registry (a library name, a scanned "
-                          "org/name, or the absolute path of a folder under an import root)")
-    return web_model_path(text), None
-
-
-def web_model_path(text: str) -> Path:
-    """A model path named in the browser: a folder or a .safetensors file the web may read,
-    whose links (the files the planner opens) stay where the web may read. LookupError with
-    the roots otherwise, the same whether or not the path exists."""
-    try:
-        path = web_path_check(text)
-    except PathNotAllowedError as exc:
+        return registry_services.resolve_model(ref, web=web)
+    except registry_services.PathRefusedError as exc:
         raise LookupError(str(exc)) from None
-    if path.is_dir():
-        try:
-            with os.scandir(path) as it:
-                links = [e.path for e in it if e.is_symlink()]
-        except OSError as exc:
-            raise LookupError(f"{text}: the folder cannot be read ({exc.strerror or exc})") from None
-        for link in links:
-            if not web_may_read(link):
-                raise LookupError(f"{text}: {Path(link).name} links outside the folders the web may "
-                                  f"read ({roots_text()})")
-    elif path.suffix != ".safetensors":
-        raise LookupError(f"{text}: not a model folder or a .safetensors file")
-    return path
+    except registry_services.ModelRefError as exc:
+        if "is not in the registry" in str(exc):
+            raise LookupError(str(exc)) from None
+        raise LookupError(f"model {ref!r} is not in the registry") from None
 
 
 # What a broken header is, in words: a plan shown in the browser names the kind of defect,
@@ -187,10 +168,6 @@ def _input_versions(plan: Plan) -> list[AssetVersion]:
         refs = [model.ref.split("+", 1)[0]] + ([model.adapter["ref"]] if model.adapter else [])
         for ref in refs:
             version = resolve_reference(ref)[1]
-            if version is None:
-                found = (DiscoveredModel.objects.filter(path=str(Path(ref).resolve()))
-                         .exclude(asset=None).first())
-                version = found and asset_selectors.asset_version_get(ref=found.asset.name)
             if version and version not in versions:
                 versions.append(version)
     return versions
@@ -251,7 +228,9 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
     name = asset_services.asset_name_check(name)
     plan = plan or recipe_plan(text)  # a job's spec carries the plan it was checked with
     key = cache_key(plan, text)
-    done = AssetVersion.objects.filter(spec__cache_key=key).select_related("asset").first()
+    # Only a result its owner may see is reused: another user's private merge is not theirs.
+    done = (assembly_cached() & asset_selectors.versions_visible()).filter(
+        spec__cache_key=key).select_related("asset").first()
     if done is not None:
         reporter.log(f"this recipe over these inputs was assembled before: {done}")
         return done, True

@@ -8,7 +8,6 @@ from apps.assembly import services
 from apps.assembly.engine.gradients import GradientError, find_gradients, parse_points, resample, set_gradient
 from apps.assembly.engine.plan import PlanError
 from apps.assembly.engine.recipe import RecipeError
-from apps.assembly.models import Recipe
 from apps.monitoring.charts import line_chart_svg
 from apps.monitoring.selectors import job_list
 from apps.monitoring.services import JobSpecError, job_submit
@@ -93,12 +92,19 @@ def _plan_context(text: str) -> dict:
             "gradient_svg": mark_safe(_gradient_chart(data))}  # noqa: S308 - numbers and escaped names
 
 
+def _recipes(request):
+    return services.recipes_visible(user=request.user)[:50]
+
+
 @login_required
 def editor(request):
-    recipe = Recipe.objects.filter(pk=request.GET.get("recipe") or 0).first()
+    raw = request.GET.get("recipe") or ""
+    recipe = services.recipes_visible(user=request.user).filter(pk=raw).first() \
+        if raw.isascii() and raw.isdigit() and len(raw) < 18 else None  # not "²", not 30 digits
     text = recipe.text if recipe else (recipe_from_form(request.GET) or EXAMPLE)
-    ctx = {"text": text, "name": recipe.name if recipe else "", "recipes": Recipe.objects.all()[:50],
-           "methods": COMMON_METHODS, "registry": models_list().filter(error="").exclude(asset=None),
+    ctx = {"text": text, "name": recipe.name if recipe else "", "recipes": _recipes(request),
+           "methods": COMMON_METHODS,
+           "registry": models_list(user=request.user).filter(error="").exclude(asset=None),
            "jobs": job_list(user=request.user, area="assembly")[:10], **_plan_context(text)}
     return render(request, "assembly/editor.html", ctx)
 
@@ -136,26 +142,33 @@ def gradient(request):
 def run(request):
     text = request.POST.get("recipe", "")
     name = request.POST.get("name", "").strip()
-    if request.POST.get("save") and name:
-        Recipe.objects.update_or_create(name=name, defaults={"text": text, "owner": request.user})
     if not name:
         messages.error(request, "Give the result a name.")
         return render(request, "assembly/editor.html", {"text": text, "name": name,
-                                                        "recipes": Recipe.objects.all()[:50],
+                                                        "recipes": _recipes(request),
                                                         **_plan_context(text)}, status=400)
+    if request.POST.get("save"):
+        try:
+            services.recipe_save(name=name, text=text, owner=request.user,
+                                 visibility=request.POST.get("recipe_visibility") or None)
+        except ValueError as exc:  # the name is someone else's, or a bad visibility
+            messages.error(request, f"Not saved: {exc}")
+            return render(request, "assembly/editor.html", {"text": text, "name": name,
+                                                            "recipes": _recipes(request),
+                                                            **_plan_context(text)}, status=409)
     context = _plan_context(text)
     if context.get("problems"):
         # Planned as the browser may (paths under the web's roots only) before the job is
         # queued: the job's own check would read any path the worker can.
         messages.error(request, "The recipe does not plan: " + "; ".join(context["problems"]))
         return render(request, "assembly/editor.html", {"text": text, "name": name,
-                                                        "recipes": Recipe.objects.all()[:50],
+                                                        "recipes": _recipes(request),
                                                         **context}, status=400)
     try:
         job = job_submit(kind="assemble", spec={"recipe": text, "name": name}, owner=request.user)
     except JobSpecError as exc:
         messages.error(request, str(exc))
         return render(request, "assembly/editor.html", {"text": text, "name": name,
-                                                        "recipes": Recipe.objects.all()[:50],
+                                                        "recipes": _recipes(request),
                                                         **_plan_context(text)}, status=400)
     return redirect("monitoring:job_detail", job_id=job.pk)

@@ -3,6 +3,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from audobon_site.access import visibility_fields
+
 
 class Tag(models.Model):
     name = models.CharField(max_length=64, unique=True)
@@ -34,6 +36,7 @@ class Asset(models.Model):
     name = models.CharField(max_length=200, unique=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                               on_delete=models.SET_NULL, related_name="assets")
+    visibility, group = visibility_fields()
     category = models.CharField(max_length=100, blank=True, db_index=True)
     tags = models.ManyToManyField(Tag, blank=True, related_name="assets")
     description = models.TextField(blank=True)

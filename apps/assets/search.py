@@ -68,6 +68,10 @@ def apply_filters(qs: QuerySet, parsed: ParsedQuery, *, user=None) -> QuerySet:
                 qs = qs.filter(owner__username=value)
         elif key == "parent":
             parent_versions = AssetVersion.objects.filter(asset__name=value)
+            if user is not None:  # a hidden parent matches nothing, as a missing one
+                from audobon_site.access import visible_q
+
+                parent_versions = parent_versions.filter(visible_q(user, "asset__"))
             qs = qs.filter(versions__parents__in=parent_versions)
         elif key in ("created", "updated"):
             op, day = _DATE_OP.match(value).groups()

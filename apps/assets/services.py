@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,6 +27,7 @@ from apps.assets.engine.store import SHA256_RE, BlobStore, FileEntry, check_rela
 from apps.assets.models import Asset, AssetVersion, Backup, RecoveryPoint, Tag, Upload
 from apps.monitoring.engine.reporter import NullReporter
 from apps.monitoring.startup import on_startup
+from audobon_site.access import Visibility
 
 NAME_RE = re.compile(r"^[\w][\w.\-+ ]{0,199}$", re.UNICODE)
 TAG_RE = re.compile(r"^[\w][\w.\-+]{0,63}$", re.UNICODE)
@@ -33,6 +35,10 @@ TAG_RE = re.compile(r"^[\w][\w.\-+]{0,63}$", re.UNICODE)
 
 class AssetInputError(ValueError):
     """Bad input from a user: the message names the file, field or value."""
+
+
+class QuotaExceededError(AssetInputError):
+    """A version that would take its owner over AUDOBON_QUOTA_BYTES: nothing was registered."""
 
 
 @cache
@@ -75,6 +81,8 @@ def work_area_clear(area: str) -> int:
 # --- names and tags ------------------------------------------------------------------------
 
 def asset_name_check(name: str) -> str:
+    if not isinstance(name or "", str):  # a number or list from a JSON body
+        raise AssetInputError(f"asset name {name!r} is not text")
     name = (name or "").strip()
     if not NAME_RE.match(name):
         raise AssetInputError(
@@ -102,14 +110,27 @@ def _set_tags(asset: Asset, tags: list[str]) -> None:
 
 # --- versions -------------------------------------------------------------------------------
 
+def asset_name_usable(asset: Asset, *, actor) -> None:
+    """A new version of an existing asset may come only from someone who may change it:
+    another user's asset is never written to under its name (not even if it is shared)."""
+    from audobon_site.access import can_change
+
+    if actor is not None and not can_change(actor, asset):
+        raise AssetInputError(f"the name {asset.name!r} is taken by an asset you cannot change: "
+                              "choose another name")
+
+
 def asset_version_create(*, name: str, kind: str, entries: list[FileEntry], owner=None,
                          metadata: dict | None = None, parents: Iterable[AssetVersion] = (),
                          created_by=None, job=None, spec: dict | None = None, message: str = "",
                          description: str | None = None, tags: Iterable[str] | None = None,
-                         category: str | None = None, location: str = "") -> AssetVersion:
-    """Add a version to asset `name` (made on first use). Every blob must already be in
-    the store: a version never points at a missing blob. With `location`, the files are
-    referenced in place in that folder instead (nothing is copied)."""
+                         category: str | None = None, location: str = "",
+                         visibility: str | None = None) -> AssetVersion:
+    """Add a version to asset `name` (made on first use, owned by `owner`, seen by
+    `visibility` or the default). Every blob must already be in the store: a version never
+    points at a missing blob. With `location`, the files are referenced in place in that
+    folder instead (nothing is copied). An existing asset takes a new version only from
+    someone who may change it (its owner or an admin; the local command line as no one)."""
     name = asset_name_check(name)
     if kind not in Asset.Kind.values:
         raise AssetInputError(f"kind {kind!r} is not one of {', '.join(Asset.Kind.values)}")
@@ -132,9 +153,16 @@ def asset_version_create(*, name: str, kind: str, entries: list[FileEntry], owne
     with transaction.atomic():
         asset = Asset.objects.select_for_update().filter(name=name).first()
         if asset is None:
-            asset = Asset.objects.create(name=name, kind=kind, owner=owner or created_by)
-        elif asset.kind != kind:
+            fields = {"visibility": visibility} if visibility else {}
+            asset = Asset.objects.create(name=name, kind=kind, owner=owner or created_by, **fields)
+        else:
+            asset_name_usable(asset, actor=owner or created_by)
+        if asset.kind != kind:
             raise AssetInputError(f"asset {name!r} is a {asset.kind}, not a {kind}")
+        # Every new version passes here: its owner's quota (AUDOBON_QUOTA_BYTES, LAN mode).
+        from apps.assets.storage_report import quota_check
+
+        quota_check(owner=asset.owner, entries=[] if location else entries)
         if asset.trashed_at:
             asset.trashed_at = None
         manifest = {e.path: {"sha256": e.sha256, "size": e.size}
@@ -188,6 +216,9 @@ def asset_import(*, source: Path, kind: str, name: str | None = None, link: bool
         raise AssetInputError(f"{source}: no such file or folder")
     name = asset_name_check(name or source.name)
     clean_tags = tags_clean(tags)
+    existing = Asset.objects.filter(name=name).first()
+    if existing is not None:  # refused before anything is copied
+        asset_name_usable(existing, actor=owner)
     entries = blob_store().ingest_tree(source, link=link, reporter=reporter or NullReporter(),
                                        include=include)
     if not entries:
@@ -481,10 +512,12 @@ def upload_create(*, owner, name: str, kind: str, files: list[dict]) -> Upload:
     name = asset_name_check(name)
     if kind not in Asset.Kind.values:
         raise AssetInputError(f"kind {kind!r} is not one of {', '.join(Asset.Kind.values)}")
-    if not files or len(files) > UPLOAD_MAX_FILES:
-        raise AssetInputError(f"an upload holds 1 to {UPLOAD_MAX_FILES} files")
+    if not isinstance(files, list) or not files or len(files) > UPLOAD_MAX_FILES:
+        raise AssetInputError(f"an upload holds 1 to {UPLOAD_MAX_FILES} files (a list of {{path, size}})")
     clean, seen = [], set()
     for f in files:
+        if not isinstance(f, dict):
+            raise AssetInputError(f"upload file {f!r}: an object {{path, size}}")
         path = upload_path_check(str(f.get("path", "")))
         size = f.get("size")
         if not isinstance(size, int) or size < 0:
@@ -551,6 +584,11 @@ def upload_finish(*, upload: Upload, description: str = "", tags: Iterable[str] 
         raise AssetInputError(f"not complete yet: {', '.join(short[:5])}")
     if upload.job_id:
         return upload.job
+    for i, f in enumerate(upload.files):  # an empty file gets no chunk: make it, or the import misses it
+        if f["size"] == 0:
+            path = upload_staged_path(upload, i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
     job = job_submit(kind="asset_import", owner=upload.owner, spec={
         "source": str(_uploads_root() / str(upload.pk) / "files"), "kind": upload.kind,
         "name": upload.name, "description": description, "tags": tags_clean(tags),
@@ -570,15 +608,23 @@ def upload_discard(*, upload_id: str) -> None:
 BACKUP_FORMAT = 1
 
 
+def _restored_visibility(visibility: str | None, group) -> dict:
+    if visibility == Visibility.GROUP and group is None:
+        return {"visibility": Visibility.PRIVATE}
+    return {"visibility": visibility or Visibility.PRIVATE,
+            "group": group if visibility == Visibility.GROUP else None}
+
+
 def library_tables_dump() -> bytes:
     """The library's tables as JSON: identities, lineage and names of people (users are
     matched by username on restore; jobs are not carried)."""
     assets = []
-    for a in Asset.objects.select_related("owner").prefetch_related("tags").order_by("created_at"):
+    for a in Asset.objects.select_related("owner", "group").prefetch_related("tags").order_by("created_at"):
         assets.append({
             "id": str(a.pk), "kind": a.kind, "name": a.name, "category": a.category,
             "description": a.description, "tags": [t.name for t in a.tags.all()],
             "owner": a.owner.get_username() if a.owner else None,
+            "visibility": a.visibility, "group": a.group.name if a.group else None,
             "trashed": a.trashed_at is not None, "created_at": a.created_at.isoformat(),
         })
     versions = []
@@ -705,6 +751,9 @@ def _asset_row_check(row: dict) -> None:
         _bad("tags must be a list of text")
     tags_clean(row["tags"])
     _text(row, "owner", 150, optional=True)
+    _text(row, "group", 150, optional=True)
+    if row.get("visibility") is not None and row["visibility"] not in Visibility.values:
+        _bad(f"visibility {row['visibility']!r} is not one of {', '.join(Visibility.values)}")
     if not isinstance(row.get("trashed"), bool):
         _bad("trashed must be true or false")
 
@@ -824,6 +873,7 @@ def library_restore(*, path: Path, job=None, reporter=None) -> dict:
                                  check=check)
     tables = checked["tables"]
     users = {u.get_username(): u for u in get_user_model().objects.all()}
+    groups = {g.name: g for g in Group.objects.all()}
     added_assets = added_versions = 0
     with transaction.atomic():
         for a in tables["assets"]:
@@ -832,8 +882,10 @@ def library_restore(*, path: Path, job=None, reporter=None) -> dict:
             name = _free_name(a["name"], lambda n: Asset.objects.filter(name=n).exists())
             asset = Asset.objects.create(
                 id=a["id"], kind=a["kind"], name=name, category=a["category"],
-                description=a["description"], owner=users.get(a["owner"]),
+                description=a["description"], owner=users.get(a.get("owner")),  # optional
                 trashed_at=timezone.now() if a["trashed"] else None,
+                # Who saw it (older backups: private); a group this library lacks: private.
+                **_restored_visibility(a.get("visibility"), groups.get(a.get("group") or "")),
             )
             _set_tags(asset, tags_clean(a["tags"]))
             added_assets += 1
@@ -847,7 +899,7 @@ def library_restore(*, path: Path, job=None, reporter=None) -> dict:
                 number = asset.head_number + 1  # this library went its own way meanwhile
             version = AssetVersion.objects.create(
                 id=v["id"], asset=asset, number=number, manifest=v["manifest"],
-                metadata=v.get("metadata", {}), created_by=users.get(v["created_by"]),
+                metadata=v.get("metadata", {}), created_by=users.get(v.get("created_by")),  # optional
                 spec=v.get("spec", {}), message=v["message"],
                 size_bytes=sum(e["size"] for e in v["manifest"].values()),
                 location=v.get("location", ""),

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods, require_POST
 
-from apps.assets import selectors, services
+from apps.assets import selectors, services, storage_report
 from apps.assets.engine import previews
 from apps.assets.engine.errors import BlobMissingError, InPlaceChangedError, StoreError, UnsafePathError
 from apps.assets.engine.safeparse import json_loads
@@ -20,6 +20,8 @@ from apps.assets.forms import AssetEditForm, BackupForm, RecoveryPointForm, Uplo
 from apps.assets.lineage_svg import lineage_svg
 from apps.assets.models import Asset, Backup, RecoveryPoint, Upload
 from apps.monitoring.services import job_submit
+from audobon_site.access import admin_required, can_change, is_admin, require_change, visibility_set
+from audobon_site.forms import VisibilityForm
 
 
 @login_required
@@ -35,17 +37,25 @@ def library(request):
     return render(request, template, ctx)
 
 
-def _version_or_404(name: str, number: int | None = None):
+def _version_or_404(request, name: str, number: int | None = None):
+    """A version of an asset the requesting user may see; 404 as for a missing one."""
     ref = name if number is None else f"{name}@{number}"
     try:
-        return selectors.asset_version_get(ref=ref)
+        return selectors.asset_version_get(ref=ref, user=request.user)
     except LookupError as exc:
         raise Http404(str(exc)) from None
 
 
-def _file_or_404(name: str, number: int, path: str):
+def _asset_to_change_or_404(request, name: str):
+    """An asset the requesting user may see (else 404) and change (else 403)."""
+    asset = selectors.asset_get(name=name, user=request.user) or _raise404(name)
+    require_change(request.user, asset, f"asset {asset.name!r}")
+    return asset
+
+
+def _file_or_404(request, name: str, number: int, path: str):
     """(version, manifest entry) of one file of a version."""
-    version = _version_or_404(name, number)
+    version = _version_or_404(request, name, number)
     entry = version.manifest.get(path)
     if entry is None:
         raise Http404(f"{version} has no file {path!r}")
@@ -59,12 +69,15 @@ def _version_url(version) -> str:
 @login_required
 def asset_detail(request, name: str):
     number = request.GET.get("v")
-    version = _version_or_404(name, int(number) if number and number.isdigit() else None)
+    version = _version_or_404(request, name, int(number) if number and number.isdigit() else None)
     asset = version.asset
-    graph = selectors.lineage(version=version)
+    graph = selectors.lineage(version=version, user=request.user)
     files = sorted(((p, e["size"], previews.preview_kind(p)) for p, e in version.manifest.items()))
     ctx = {
-        "asset": asset, "version": version, "versions": selectors.asset_versions(asset=asset),
+        "asset": asset, "version": version,
+        "versions": selectors.asset_versions(asset=asset, user=request.user),
+        "can_change": can_change(request.user, asset),
+        "visibility_form": VisibilityForm.for_object(asset, request.user),
         "files": files, "lineage_svg": mark_safe(lineage_svg(graph, _version_url)),  # noqa: S308
         "edit_form": AssetEditForm(initial={
             "tags": ", ".join(t.name for t in asset.tags.all()), "category": asset.category,
@@ -98,7 +111,7 @@ def _served_file(version, path: str):
 
 @login_required
 def file_preview(request, name: str, number: int, path: str):
-    version, entry = _file_or_404(name, number, path)
+    version, entry = _file_or_404(request, name, number, path)
     kind = previews.preview_kind(path)
     ctx = {"version": version, "path": path, "kind": kind, "size": entry["size"]}
     blob, refused = _served_file(version, path)
@@ -119,7 +132,7 @@ def file_preview(request, name: str, number: int, path: str):
 
 @login_required
 def thumbnail(request, name: str, number: int, path: str):
-    version, entry = _file_or_404(name, number, path)
+    version, entry = _file_or_404(request, name, number, path)
     src, refused = _served_file(version, path)
     if refused is not None:
         return refused
@@ -138,7 +151,7 @@ def thumbnail(request, name: str, number: int, path: str):
 @login_required
 def file_raw(request, name: str, number: int, path: str):
     """One file of a version; pictures shown inline, everything else downloaded."""
-    version, entry = _file_or_404(name, number, path)
+    version, entry = _file_or_404(request, name, number, path)
     src, refused = _served_file(version, path)
     if refused is not None:
         return refused
@@ -208,7 +221,7 @@ def _tar_stream(version, sources: dict):
 
 @login_required
 def version_download(request, name: str, number: int):
-    version = _version_or_404(name, number)
+    version = _version_or_404(request, name, number)
     # Every file checked before the first byte is sent: once streaming, an error can only
     # cut the response, so a changed or refused file answers here, with the reason.
     sources = {}
@@ -225,7 +238,8 @@ def version_download(request, name: str, number: int):
 @login_required
 @require_POST
 def version_restore(request, name: str, number: int):
-    version = _version_or_404(name, number)
+    version = _version_or_404(request, name, number)
+    require_change(request.user, version.asset, f"asset {version.asset.name!r}")
     new = services.asset_version_restore(version=version, user=request.user)
     messages.success(request, f"{new} is now current: a copy of version {version.number}.")
     return redirect(_version_url(new))
@@ -234,7 +248,7 @@ def version_restore(request, name: str, number: int):
 @login_required
 @require_POST
 def asset_edit(request, name: str):
-    asset = selectors.asset_get(name=name) or _raise404(name)
+    asset = _asset_to_change_or_404(request, name)
     form = AssetEditForm(request.POST)
     if form.is_valid():
         try:
@@ -250,13 +264,28 @@ def asset_edit(request, name: str):
 @login_required
 @require_POST
 def asset_trash_toggle(request, name: str):
-    asset = selectors.asset_get(name=name) or _raise404(name)
+    asset = _asset_to_change_or_404(request, name)
     if asset.trashed_at:
         services.asset_untrash(asset=asset)
         messages.success(request, f"{asset.name} is back in the library.")
     else:
         services.asset_trash(asset=asset)
         messages.success(request, f"{asset.name} moved to the trash.")
+    return redirect("assets:asset_detail", name=asset.name)
+
+
+@login_required
+@require_POST
+def asset_visibility(request, name: str):
+    asset = _asset_to_change_or_404(request, name)
+    form = VisibilityForm(request.POST, user=request.user)
+    if form.is_valid():
+        visibility_set(obj=asset, user=request.user, visibility=form.cleaned_data["visibility"],
+                       group=form.cleaned_data["group"])
+        messages.success(request, f"{asset.name} is now visible to {asset.get_visibility_display()}"
+                                  + (f" ({asset.group.name})" if asset.group else "") + ".")
+    else:
+        messages.error(request, form.error_text())
     return redirect("assets:asset_detail", name=asset.name)
 
 
@@ -276,6 +305,8 @@ def upload_page(request):
 def upload_create(request):
     try:
         data = json_loads(request.body or b"{}", source="the upload request", max_bytes=1_000_000)
+        if not isinstance(data, dict):
+            raise ValueError("the upload request: a JSON object {name, kind, files}")
         upload = services.upload_create(owner=request.user, name=data.get("name", ""),
                                         kind=data.get("kind", ""), files=data.get("files") or [])
     except (ValueError, services.AssetInputError) as exc:
@@ -337,15 +368,21 @@ def upload_finish(request, upload_id):
 
 @login_required
 def storage(request):
-    count, size = services.blob_store().usage()
-    ctx = {"usage": selectors.storage_usage(), "blob_count": count, "blob_bytes": size,
-           "backups": Backup.objects.all()[:20], "backup_form": BackupForm(auto_id="backup_%s"),
-           "points": RecoveryPoint.objects.all()[:50], "point_form": RecoveryPointForm(),
-           "trash": Asset.objects.filter(trashed_at__isnull=False).order_by("-trashed_at")[:50]}
+    admin = is_admin(request.user)
+    # The store-wide view is an admin's; everyone else sees their own assets only.
+    mine = Asset.objects.all() if admin else Asset.objects.filter(owner=request.user)
+    ctx = {"usage": selectors.storage_usage(assets=mine), "is_admin": admin,
+           "trash": mine.filter(trashed_at__isnull=False).order_by("-trashed_at")[:50],
+           **storage_report.storage_page(user=request.user)}
+    if admin:
+        count, size = services.blob_store().usage()
+        ctx.update(blob_count=count, blob_bytes=size, backups=Backup.objects.all()[:20],
+                   backup_form=BackupForm(auto_id="backup_%s"), points=RecoveryPoint.objects.all()[:50],
+                   point_form=RecoveryPointForm())
     return render(request, "assets/storage.html", ctx)
 
 
-@login_required
+@admin_required
 @require_POST
 def store_job(request, kind: str):
     specs = {"store_verify": {}, "store_gc": {"execute": request.POST.get("execute") == "1"}}
@@ -362,7 +399,7 @@ def store_job(request, kind: str):
     return redirect("monitoring:job_detail", job_id=job.pk)
 
 
-@login_required
+@admin_required
 @require_POST
 def recovery_point_create(request):
     form = RecoveryPointForm(request.POST)
@@ -375,7 +412,7 @@ def recovery_point_create(request):
     return redirect("assets:storage")
 
 
-@login_required
+@admin_required
 @require_POST
 def recovery_point_restore(request, point_id):
     point = RecoveryPoint.objects.filter(pk=point_id).first()
@@ -387,9 +424,38 @@ def recovery_point_restore(request, point_id):
     return redirect("assets:library")
 
 
-@login_required
+@admin_required
 @require_POST
 def trash_empty(request):
     n = services.trash_empty()
     messages.success(request, f"Deleted {n} assets for good. Run gc to free their space.")
     return redirect("assets:storage")
+
+
+# --- caches and cleanup (admins) -----------------------------------------------------------------
+
+@admin_required
+@require_POST
+def cache_clear(request, name: str):
+    if name not in storage_report.CACHE_NAMES:
+        raise Http404(f"no cache named {name!r}")
+    done = storage_report.cache_clear(name=name)
+    if name == "models":
+        messages.success(request, f"Asked {done['workers']} heavy worker(s) to drop {done['entries']} loaded "
+                                  "model(s); they do so within a few seconds." if done["workers"]
+                         else "No heavy worker holds a model cache now.")
+    else:
+        messages.success(request, f"Cleared the {name} cache: {done['entries']} entries.")
+    return redirect(reverse("assets:storage") + "#caches")
+
+
+@admin_required
+@require_POST
+def storage_cleanup(request, name: str):
+    if name not in storage_report.CLEANUP_NAMES:
+        raise Http404(f"no cleanup named {name!r}")
+    done = storage_report.cleanup_run(name=name, owner=request.user)
+    if done.get("job"):
+        return redirect("monitoring:job_detail", job_id=done["job"])
+    messages.success(request, f"Freed {done['bytes'] or 0} bytes ({name}).")
+    return redirect(reverse("assets:storage") + "#cleanup")

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from apps.monitoring.models import ErrorGroup, Job, JobEvent, ResourceSample, WorkerHeartbeat
+from apps.monitoring.models import ErrorGroup, Job, JobEvent, QueueState, ResourceSample, WorkerHeartbeat
 
 
 class JobEventInline(admin.TabularInline):
@@ -29,7 +29,7 @@ class JobEventAdmin(admin.ModelAdmin):
 
 @admin.register(WorkerHeartbeat)
 class WorkerHeartbeatAdmin(admin.ModelAdmin):
-    list_display = ("worker_id", "queue", "host", "pid", "started_at", "last_seen")
+    list_display = ("worker_id", "queue", "device", "host", "pid", "started_at", "last_seen")
 
 
 @admin.register(ResourceSample)
@@ -43,3 +43,9 @@ class ErrorGroupAdmin(admin.ModelAdmin):
     search_fields = ("exc_type", "title", "message")
     readonly_fields = ("signature", "title", "exc_type", "message", "traceback", "where", "count",
                        "first_seen", "last_seen", "jobs")
+
+
+@admin.register(QueueState)
+class QueueStateAdmin(admin.ModelAdmin):
+    list_display = ("name", "paused", "changed_by", "changed_at")
+    readonly_fields = ("changed_by", "changed_at")

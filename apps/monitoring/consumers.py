@@ -118,3 +118,59 @@ def _after_from_query(query: bytes) -> int:
         return max(0, int(values[0]))
     except ValueError:
         return 0
+
+
+WEEK_CHART_EVERY_S = 60.0  # the week's chart is of minute means: redrawn once a minute
+
+
+def _render_dashboard(history_week: str | None) -> tuple[str, str]:
+    """(the live part's html, the week's chart drawn for it)."""
+    ctx = selectors.dashboard_live_context(history_week=history_week)
+    return render_to_string("monitoring/dashboard.html#machine", ctx), ctx["history_week"]
+
+
+def dashboard_push_seconds() -> float:
+    return float(settings.AUDOBON_SAMPLE_SECONDS)
+
+
+class DashboardConsumer(AsyncWebsocketConsumer):
+    """The dashboard's live part: the newest resource sample, the queues and the charts,
+    sent on connect and then every sample interval when any of it changed. Every process
+    reads the same tables, so this works the same embedded and with Redis."""
+
+    async def connect(self):
+        await self.accept()
+        user = self.scope.get("user")
+        if not getattr(user, "is_authenticated", False):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.sent = None
+        self.week, self.week_at = None, 0.0
+        await self.push()
+        self.poller = asyncio.create_task(self.poll())
+
+    async def disconnect(self, code):
+        poller = getattr(self, "poller", None)
+        if poller:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    async def receive(self, text_data=None, bytes_data=None):
+        pass  # the page only listens
+
+    async def poll(self):
+        while True:
+            await asyncio.sleep(dashboard_push_seconds())
+            await self.push()
+
+    async def push(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self.week_at >= WEEK_CHART_EVERY_S:
+            self.week = None
+        html, week = await database_sync_to_async(_render_dashboard)(self.week)
+        if self.week is None:
+            self.week, self.week_at = week, loop.time()
+        if html != self.sent:
+            await self.send(text_data=html)
+            self.sent = html

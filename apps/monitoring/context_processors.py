@@ -23,8 +23,14 @@ def health_banners(request) -> dict:
         banners.append(f"Disk space is low: {free / 2**30:.1f} GiB free in {settings.AUDOBON_HOME}. "
                        "Empty the trash or collect unused blobs on the Storage page.")
     stale = timezone.now() - timedelta(seconds=settings.AUDOBON_WORKER_STALE_SECONDS)
-    dead = list(WorkerHeartbeat.objects.filter(last_seen__lt=stale).values_list("queue", "worker_id")[:5])
-    for queue, worker in dead:
-        banners.append(f"The {queue} worker {worker} stopped reporting: its jobs are marked interrupted; "
-                       "restart `audobon up` (or `audobon worker`) to run new ones.")
+    dead = list(WorkerHeartbeat.objects.filter(last_seen__lt=stale)
+                .values_list("queue", "worker_id", "last_seen")[:5])
+    if dead:
+        alive = set(WorkerHeartbeat.objects.filter(last_seen__gte=stale).values_list("queue", flat=True))
+    for queue, worker, last_seen in dead:
+        then = timezone.localtime(last_seen).strftime("%H:%M:%S")
+        banners.append(f"The {queue} worker {worker} stopped reporting at {then}: its jobs are marked "
+                       "interrupted; "
+                       + (f"another {queue} worker runs new ones." if queue in alive else
+                          "restart `audobon up` (or `audobon worker`) to run new ones."))
     return {"health_banners": banners}

@@ -2,6 +2,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from audobon_site.access import visibility_fields
+
 
 class Job(models.Model):
     """One long operation. Its results point back at it; the spine knows nothing of them."""
@@ -22,6 +24,7 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="jobs",
     )
+    visibility, group = visibility_fields()
     priority = models.IntegerField(default=0)
     queue = models.CharField(max_length=16)
     status = models.CharField(
@@ -92,6 +95,9 @@ class WorkerHeartbeat(models.Model):
     queue = models.CharField(max_length=16)
     host = models.CharField(max_length=200)
     pid = models.IntegerField()
+    # The GPU a heavy worker runs its jobs on ("cuda:N", the machine's own numbering), or ""
+    # (cpu, or a worker that sees every device): where a heavy job can be placed.
+    device = models.CharField(max_length=32, blank=True)
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField(db_index=True)
 
@@ -141,3 +147,17 @@ class ErrorGroup(models.Model):
 
     def __str__(self):
         return f"{self.exc_type} x{self.count}"
+
+
+class QueueState(models.Model):
+    """Whether a queue is paused. In the database, so a pause survives restarts and holds for
+    every worker of that queue, on this machine or another one sharing the database."""
+
+    name = models.CharField(max_length=16, primary_key=True)
+    paused = models.BooleanField(default=False)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"queue {self.name} ({'paused' if self.paused else 'running'})"

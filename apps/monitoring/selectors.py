@@ -13,6 +13,7 @@ from django.utils.safestring import mark_safe
 from apps.monitoring.charts import line_chart_svg
 from apps.monitoring.jobkinds import JOB_KINDS
 from apps.monitoring.models import ErrorGroup, Job, JobEvent, ResourceSample, WorkerHeartbeat
+from audobon_site.access import acting_user, visible_q
 
 RECENT_LOG_LINES = 8
 CHART_POINTS = 2000
@@ -21,10 +22,8 @@ MIN_FREE_BYTES = 100 * 1024 * 1024
 
 
 def jobs_visible(*, user) -> QuerySet[Job]:
-    qs = Job.objects.select_related("owner")
-    if user.is_staff:
-        return qs
-    return qs.filter(owner=user)
+    """Jobs the user may see: their own, their groups' and everyone's (all for an admin)."""
+    return Job.objects.select_related("owner").filter(visible_q(user))
 
 
 def job_visible_get(*, user, job_id: int) -> Job | None:
@@ -62,6 +61,8 @@ def job_as_dict(job: Job) -> dict:
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "worker_id": job.worker_id, "error": job.error, "result": job.result,
         "retry_of": job.retry_of_id,
+        # What it declared it needs (with the device it was placed on), and why it waits.
+        "needs": job.needs, "waiting_for": job_waiting_reason(job),
     }
 
 
@@ -94,6 +95,8 @@ def job_live_context(*, job: Job, after: int = 0) -> dict:
         "chart_svg": mark_safe(line_chart_svg(series)),  # noqa: S308 - numbers and escaped names
         "new_events": new_events,
         "last_event_id": last_id,
+        "waiting": job_waiting_reason(job),
+        "device": job_device(job),
     }
 
 
@@ -108,7 +111,7 @@ def workers_status() -> list[dict]:
     rows = []
     for w in WorkerHeartbeat.objects.order_by("queue", "worker_id"):
         age = (now - w.last_seen).total_seconds()
-        rows.append({"id": w.worker_id, "queue": w.queue, "host": w.host, "pid": w.pid,
+        rows.append({"id": w.worker_id, "queue": w.queue, "host": w.host, "pid": w.pid, "device": w.device,
                      "last_seen": w.last_seen.isoformat(), "age_s": round(age, 1),
                      "alive": age <= stale})
     return rows
@@ -190,7 +193,10 @@ def job_outputs(*, job: Job) -> list[dict]:
 
     version_model = apps.get_model("assets", "AssetVersion")
     out = []
-    for v in version_model.objects.filter(job_id=job.pk).select_related("asset").order_by("created_at"):
+    made = version_model.objects.filter(job_id=job.pk)
+    if acting_user() is not None:  # only what the viewer may see of it
+        made = made.filter(visible_q(acting_user(), "asset__"))
+    for v in made.select_related("asset").order_by("created_at"):
         meta = v.metadata or {}
         summary = []
         if isinstance(meta.get("validation"), dict):
@@ -250,3 +256,73 @@ def error_groups(limit: int = 200) -> list[ErrorGroup]:
     for g in groups:
         g.job_ids = list(g.jobs.order_by("-id").values_list("id", flat=True)[:20])
     return groups
+
+
+# --- queues ---------------------------------------------------------------------------------------
+
+def queue_paused(name: str) -> bool:
+    from apps.monitoring.models import QueueState
+
+    return QueueState.objects.filter(name=name, paused=True).exists()
+
+
+def queues_summary() -> list[dict]:
+    """Each queue: whether it is paused (and by whom, since when), its queued and running
+    jobs. Every queue is listed, idle ones too."""
+    from django.db.models import Count
+
+    from apps.monitoring.models import QueueState
+    from audobon_site.queues import QUEUE_NAMES
+
+    counts = {(r["queue"], r["status"]): r["n"] for r in
+              Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+              .values("queue", "status").annotate(n=Count("id"))}
+    states = {s.name: s for s in QueueState.objects.select_related("changed_by")}
+    out = []
+    for name in QUEUE_NAMES:
+        state = states.get(name)
+        paused = bool(state and state.paused)
+        out.append({"name": name, "paused": paused,
+                    "queued": counts.get((name, Job.Status.QUEUED), 0),
+                    "running": counts.get((name, Job.Status.RUNNING), 0),
+                    "changed_at": state.changed_at.isoformat() if state else None,
+                    "changed_by": state.changed_by.get_username() if state and state.changed_by else None})
+    return out
+
+
+def job_waiting_reason(job: Job) -> str:
+    """Why a queued job has not started: its queue is paused, or what it waits for."""
+    if job.status != Job.Status.QUEUED:
+        return ""
+    if queue_paused(job.queue):
+        return f"waiting: queue {job.queue} is paused"
+    return job.waiting_for
+
+
+def gpus_visible() -> bool | None:
+    """Whether the last resource sample saw a GPU; None before the first sample."""
+    sample = ResourceSample.objects.order_by("-created_at").values("gpus").first()
+    return None if sample is None else bool(sample["gpus"])
+
+
+def job_device(job: Job) -> str:
+    """Where a job's work runs, in words: the device it was placed on or declared, and, on a
+    machine where no GPU is visible, that it runs on the CPU."""
+    declared = (job.needs or {}).get("device") or ""
+    no_gpu = gpus_visible() is False
+    if declared.startswith("cuda"):
+        return f"GPU {declared}" + (", but no GPU is visible on this machine now" if no_gpu else "")
+    if no_gpu:
+        return "the CPU (no GPU is visible on this machine)"
+    return "the CPU" if declared == "cpu" else ""
+
+
+def dashboard_live_context(*, history_week: str | None = None) -> dict:
+    """What the dashboard's live part shows: the newest sample, the queues and the charts
+    (the week's chart of minute means is given by a caller that drew it a moment ago)."""
+    sample = resource_latest()
+    if history_week is None:
+        history_week = resource_history(hours=24 * 7)
+    return {"sample": sample, "queues": queues_summary(),
+            "no_gpu": sample is not None and not sample.gpus,
+            "history_hour": resource_history(hours=1), "history_week": history_week}

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from apps.monitoring.engine.errors import error_signature
 from apps.monitoring.jobkinds import JOB_KINDS, JobKind
-from apps.monitoring.models import ErrorGroup, Job, JobEvent, ResourceSample, WorkerHeartbeat
+from apps.monitoring.models import ErrorGroup, Job, JobEvent, QueueState, ResourceSample, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ HOSTNAME = socket.gethostname()
 SAMPLE_KEEP = timedelta(days=7)  # minute means are kept this long
 SAMPLE_RAW_KEEP = timedelta(hours=1)  # raw samples this long, then folded into minute means
 _compacted_at = [0.0]
+DEAD_WORKER_KEEP = timedelta(hours=1)  # a worker that stopped reporting is shown dead this long
 
 
 class JobSpecError(ValueError):
@@ -189,20 +190,37 @@ def job_finish(*, job_id: int, status: str, result=None, error: str = "",
 
 # --- workers and crash recovery ---------------------------------------------------------------
 
-def worker_heartbeat(*, worker_id: str, queue: str, started_at) -> None:
+def worker_heartbeat(*, worker_id: str, queue: str, started_at, device: str = "") -> None:
     WorkerHeartbeat.objects.update_or_create(
         worker_id=worker_id,
-        defaults={"queue": queue, "host": HOSTNAME, "pid": os.getpid(),
+        defaults={"queue": queue, "host": HOSTNAME, "pid": os.getpid(), "device": device,
                   "started_at": started_at, "last_seen": timezone.now()},
     )
 
 
 def worker_gone(*, worker_id: str) -> list[int]:
-    """A worker stops: its running jobs become interrupted, its heartbeat row goes."""
+    """A worker stops: its running jobs become interrupted, the queued ones it held waiting
+    go back on their queues, its heartbeat row goes."""
     ids = _interrupt(Job.objects.filter(status=Job.Status.RUNNING, worker_id=worker_id),
                      reason=f"worker {worker_id} stopped")
+    _return_held(Job.objects.filter(status=Job.Status.QUEUED, worker_id=worker_id))
     WorkerHeartbeat.objects.filter(worker_id=worker_id).delete()
     return ids
+
+
+def _return_held(qs) -> list[int]:
+    """Queued jobs a worker took off the queue to wait (for room, or for its paused queue)
+    and that worker is gone: back on their queues, at their priorities."""
+    back = []
+    for job in qs.only("pk", "worker_id", "queue", "priority"):
+        mine = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED, worker_id=job.worker_id)
+        if mine.update(worker_id=""):
+            job_event_record(job_id=job.pk, kind=JobEvent.Kind.LOG,
+                             data={"msg": f"worker {job.worker_id} stopped while this job waited; "
+                                          f"back on the {job.queue} queue"})
+            _enqueue(job)
+            back.append(job.pk)
+    return back
 
 
 def jobs_interrupt_orphans(*, continue_jobs: bool = True) -> list[int]:
@@ -210,7 +228,8 @@ def jobs_interrupt_orphans(*, continue_jobs: bool = True) -> list[int]:
     let their kinds continue them).
 
     Gone means: the worker ran on this host and its process no longer exists, or no
-    heartbeat came for AUDOBON_WORKER_STALE_SECONDS (a worker on another machine).
+    heartbeat came for AUDOBON_WORKER_STALE_SECONDS (a worker on another machine). Queued
+    jobs a gone worker held waiting (for room, or for a paused queue) go back on their queues.
     """
     stale_before = timezone.now() - timedelta(seconds=settings.AUDOBON_WORKER_STALE_SECONDS)
     orphans = []
@@ -222,7 +241,13 @@ def jobs_interrupt_orphans(*, continue_jobs: bool = True) -> list[int]:
             orphans.append(job.pk)
     ids = _interrupt(Job.objects.filter(pk__in=orphans, status=Job.Status.RUNNING),
                      reason="its worker is gone", continue_jobs=continue_jobs)
-    WorkerHeartbeat.objects.filter(last_seen__lt=stale_before).delete()
+    held = Job.objects.filter(status=Job.Status.QUEUED).exclude(worker_id="").only("pk", "worker_id")
+    alive = set(WorkerHeartbeat.objects.filter(last_seen__gte=stale_before)
+                .values_list("worker_id", flat=True))
+    _return_held(Job.objects.filter(pk__in=[j.pk for j in held if _worker_dead_here(j.worker_id)
+                                             or j.worker_id not in alive]))
+    # A dead worker's row stays a while, so pages can say that it died (the banner, status).
+    WorkerHeartbeat.objects.filter(last_seen__lt=timezone.now() - DEAD_WORKER_KEEP).delete()
     return ids
 
 
@@ -395,3 +420,76 @@ def job_waiting_set(*, job_id: int, reason: str) -> None:
     Job.objects.filter(pk=job_id).update(waiting_for=reason[:500])
     if reason:
         job_event_record(job_id=job_id, kind=JobEvent.Kind.LOG, data={"msg": reason})
+
+
+def job_requeue(*, job: Job, delay: float) -> None:
+    """Put a queued job back on its queue after `delay` seconds, for another worker (one on a
+    device where it fits) to take; whichever worker reaches it then decides again."""
+    from apps.monitoring.tasks import RUN_JOB
+
+    RUN_JOB[job.queue].schedule(args=(job.pk,), delay=delay, priority=job.priority)
+
+
+def job_device_set(*, job_id: int, device: str) -> None:
+    """Record the device a job was placed on (in its needs, which the running jobs' memory
+    reservations are counted by)."""
+    job = Job.objects.filter(pk=job_id).only("needs").first()
+    if job is None or (job.needs or {}).get("device") == device:
+        return
+    Job.objects.filter(pk=job_id).update(needs={**(job.needs or {}), "device": device})
+    job_event_record(job_id=job_id, kind=JobEvent.Kind.LOG, data={"msg": f"placed on {device}"})
+
+
+def gpu_machines(*, here: str, exclude_job: int | None = None) -> tuple[dict, set[str]]:
+    """({device: its reading (fit.Machine) or None}, the devices whose workers are running a
+    job now) for this worker's GPU and the GPUs of the other live heavy workers, on any host
+    sharing the database."""
+    stale_before = timezone.now() - timedelta(seconds=settings.AUDOBON_WORKER_STALE_SECONDS)
+    workers = dict(WorkerHeartbeat.objects.filter(queue="heavy", device__startswith="cuda",
+                                                  last_seen__gte=stale_before)
+                   .values_list("worker_id", "device"))
+    running = set(Job.objects.filter(status=Job.Status.RUNNING, worker_id__in=list(workers))
+                  .values_list("worker_id", flat=True))
+    busy = {device for worker, device in workers.items() if worker in running and device != here}
+    devices = {*workers.values(), here}
+    return {d: machine_now(d, exclude_job=exclude_job) for d in sorted(devices)}, busy
+
+
+# --- pausing a queue -------------------------------------------------------------------------------
+
+class UnknownQueue(ValueError):
+    """A queue name that is not one of Audobon's queues."""
+
+
+def _queue_check(name: str) -> str:
+    from audobon_site.queues import QUEUE_NAMES
+
+    if name not in QUEUE_NAMES:
+        raise UnknownQueue(f"no queue named {name!r}; the queues are {', '.join(QUEUE_NAMES)}")
+    return name
+
+
+def queue_pause(*, name: str, user=None) -> QueueState:
+    """Pause a queue: its workers start no new job (running ones finish); its queued jobs
+    keep their places and say why they wait."""
+    return _queue_set(name=_queue_check(name), paused=True, user=user)
+
+
+def queue_resume(*, name: str, user=None) -> QueueState:
+    return _queue_set(name=_queue_check(name), paused=False, user=user)
+
+
+def _queue_set(*, name: str, paused: bool, user) -> QueueState:
+    with transaction.atomic():
+        state, _ = QueueState.objects.select_for_update().get_or_create(name=name)
+        changed = state.paused != paused
+        state.paused, state.changed_by, state.changed_at = paused, user, timezone.now()
+        state.save()
+        if changed:
+            # A line in each waiting job's history: their pages update (and say why) at once.
+            who = f" by {user.get_username()}" if user is not None else ""
+            msg = f"queue {name} {'paused' if paused else 'resumed'}{who}"
+            waiting = Job.objects.filter(queue=name, status=Job.Status.QUEUED).values_list("pk", flat=True)
+            for job_id in waiting:
+                job_event_record(job_id=job_id, kind=JobEvent.Kind.LOG, data={"msg": msg})
+    return state

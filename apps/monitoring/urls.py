@@ -11,5 +11,8 @@ urlpatterns = [
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry"),
     path("jobs/<int:job_id>/priority/", views.job_priority, name="job_priority"),
+    path("jobs/<int:job_id>/share/", views.job_share, name="job_share"),
     path("errors/", views.error_list, name="error_list"),
+    path("queues/<str:name>/pause/", views.queue_pause, name="queue_pause"),
+    path("queues/<str:name>/resume/", views.queue_resume, name="queue_resume"),
 ]

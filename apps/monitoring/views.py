@@ -9,6 +9,8 @@ from django.views.decorators.http import require_POST
 
 from apps.monitoring import selectors, services
 from apps.monitoring.forms import JobFilterForm, SelftestForm
+from audobon_site.access import require_change, visibility_set
+from audobon_site.forms import VisibilityForm
 
 JOBS_PER_PAGE = 25
 
@@ -19,9 +21,7 @@ def dashboard(request):
         "jobs": selectors.jobs_visible(user=request.user)[:10],
         "selftest_form": SelftestForm(),
         "workers": selectors.workers_status(),
-        "sample": selectors.resource_latest(),
-        "history_hour": selectors.resource_history(hours=1),
-        "history_week": selectors.resource_history(hours=24 * 7),
+        **selectors.dashboard_live_context(),
     }
     template = "monitoring/dashboard.html#recent_jobs" if request.htmx else "monitoring/dashboard.html"
     return render(request, template, ctx)
@@ -36,7 +36,7 @@ def job_list(request):
     page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    ctx = {"form": form, "page": page, "query": query.urlencode()}
+    ctx = {"form": form, "page": page, "query": query.urlencode(), "queues": selectors.queues_summary()}
     template = "monitoring/job_list.html#job_table" if request.htmx else "monitoring/job_list.html"
     return render(request, template, ctx)
 
@@ -54,7 +54,8 @@ def job_detail(request, job_id: int):
     live = selectors.job_live_context(job=job, after=-1)
     ctx = {**live, "history": selectors.job_history(job=job, up_to=live["last_event_id"])}
     if not request.htmx:
-        ctx.update(outputs=selectors.job_outputs(job=job), usage=selectors.job_usage(job),
+        ctx.update(share_form=VisibilityForm.for_object(job, request.user),
+                   outputs=selectors.job_outputs(job=job), usage=selectors.job_usage(job),
                    spec_rows=selectors.table_rows(job.spec), result_rows=selectors.table_rows(job.result))
     template = "monitoring/job_detail.html#live" if request.htmx else "monitoring/job_detail.html"
     return render(request, template, ctx)
@@ -62,8 +63,24 @@ def job_detail(request, job_id: int):
 
 @login_required
 @require_POST
+def job_share(request, job_id: int):
+    job = _visible_job_or_404(request, job_id)
+    require_change(request.user, job, f"job {job.pk}")
+    form = VisibilityForm(request.POST, user=request.user)
+    if form.is_valid():
+        visibility_set(obj=job, user=request.user, visibility=form.cleaned_data["visibility"],
+                       group=form.cleaned_data["group"])
+        messages.success(request, f"Job {job.pk} is now visible to {job.get_visibility_display()}.")
+    else:
+        messages.error(request, form.error_text())
+    return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
 def job_cancel(request, job_id: int):
     job = _visible_job_or_404(request, job_id)
+    require_change(request.user, job, f"job {job.pk}")
     try:
         services.job_cancel(job=job)
         messages.success(request, f"Job {job.pk}: cancel requested.")
@@ -79,6 +96,7 @@ def job_cancel(request, job_id: int):
 @require_POST
 def job_retry(request, job_id: int):
     job = _visible_job_or_404(request, job_id)
+    require_change(request.user, job, f"job {job.pk}")
     try:
         new = services.job_retry(job=job, owner=request.user)
     except services.JobStateError as exc:
@@ -136,6 +154,7 @@ def error_list(request):
 @require_POST
 def job_priority(request, job_id: int):
     job = _visible_job_or_404(request, job_id)
+    require_change(request.user, job, f"job {job.pk}")
     try:
         services.job_priority_set(job=job, priority=int(request.POST.get("priority", "")))
         messages.success(request, f"Job {job.pk}: priority {job.priority}.")
@@ -143,3 +162,28 @@ def job_priority(request, job_id: int):
         messages.error(request, str(exc) if isinstance(exc, services.JobStateError)
                        else "The priority is a whole number from -1000 to 1000.")
     return redirect("monitoring:job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def queue_pause(request, name: str):
+    return _queue_change(request, name, pause=True)
+
+
+@login_required
+@require_POST
+def queue_resume(request, name: str):
+    return _queue_change(request, name, pause=False)
+
+
+def _queue_change(request, name: str, *, pause: bool):
+    """Pausing a queue holds every user's jobs: administrators only."""
+    if not request.user.is_staff:
+        return HttpResponseForbidden("pausing and resuming a queue is for administrators")
+    try:
+        (services.queue_pause if pause else services.queue_resume)(name=name, user=request.user)
+    except services.UnknownQueue as exc:
+        raise Http404(str(exc)) from None
+    what = "paused: running jobs finish, no new one starts" if pause else "resumed"
+    messages.success(request, f"Queue {name} {what}.")
+    return redirect("monitoring:job_list")

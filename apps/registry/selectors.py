@@ -7,10 +7,21 @@ from pathlib import Path
 from django.db.models import QuerySet
 
 from apps.registry.models import DiscoveredModel, ScanRoot
+from audobon_site.access import UNSET, is_admin, resolve_user, visible_q
 
 
-def models_list(*, query: str = "", include_missing: bool = False) -> QuerySet[DiscoveredModel]:
+def models_visible(*, user=UNSET) -> QuerySet[DiscoveredModel]:
+    """Registered models `user` may see: those whose library asset they may see, and the
+    found-but-unregistered ones (errors in the shared scan roots) for admins."""
+    user = resolve_user(user)
     qs = DiscoveredModel.objects.select_related("asset")
+    if user is None or is_admin(user):
+        return qs
+    return qs.filter(asset__isnull=False).filter(visible_q(user, "asset__"))
+
+
+def models_list(*, query: str = "", include_missing: bool = False, user=UNSET) -> QuerySet[DiscoveredModel]:
+    qs = models_visible(user=user)
     if not include_missing:
         qs = qs.filter(missing=False)
     if query:
@@ -22,8 +33,8 @@ def scan_roots() -> QuerySet[ScanRoot]:
     return ScanRoot.objects.order_by("path")
 
 
-def model_get(*, model_id: int) -> DiscoveredModel | None:
-    return DiscoveredModel.objects.select_related("asset").filter(pk=model_id).first()
+def model_get(*, model_id: int, user=UNSET) -> DiscoveredModel | None:
+    return models_visible(user=user).filter(pk=model_id).first()
 
 
 def compatibility(*, models: list[DiscoveredModel]) -> dict:
@@ -41,7 +52,7 @@ def compatible_components(*, model: DiscoveredModel, component_id: str) -> list[
     if target is None:
         return []
     matches = []
-    for other in DiscoveredModel.objects.filter(missing=False, error="").exclude(report={}):
+    for other in models_visible().filter(missing=False, error="").exclude(report={}):
         for comp in _walk(other.report.get("components", [])):
             if (comp["kind"], comp["signature"]) == (target["kind"], target["signature"]) and not (
                     other.pk == model.pk and comp["id"] == component_id):

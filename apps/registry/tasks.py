@@ -19,7 +19,8 @@ class ScanSpec(BaseModel):
 
 @job_kind(name="scan_models", spec=ScanSpec, area="registry", label="Scan for models")
 def scan_models(spec: ScanSpec, reporter, job) -> dict:
-    return services.scan_models(paths=[Path(p) for p in spec.paths] or None, reporter=reporter)
+    return services.scan_models(paths=[Path(p) for p in spec.paths] or None, reporter=reporter,
+                                owner=job.owner)
 
 
 class ImportSpec(BaseModel):
@@ -55,7 +56,7 @@ class EmptySpec(BaseModel):
 @job_kind(name="demo_models", spec=EmptySpec, area="registry", label="Add the demo models",
           queue="heavy")
 def demo_models(spec: EmptySpec, reporter, job) -> dict:
-    return services.demo_models_register(reporter=reporter)
+    return services.demo_models_register(reporter=reporter, owner=job.owner)
 
 
 class GGUFImportSpec(BaseModel):

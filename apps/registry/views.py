@@ -15,6 +15,7 @@ from apps.assets.roots import PathNotAllowedError, web_path_check, web_roots
 from apps.monitoring.services import JobSpecError, job_submit
 from apps.registry import selectors
 from apps.registry.forms import ScanForm
+from audobon_site.access import acting_user, admin_required, require_change
 
 
 @login_required
@@ -25,7 +26,7 @@ def model_list(request):
     return render(request, "registry/model_list.html", ctx)
 
 
-@login_required
+@admin_required
 @require_POST
 def scan(request):
     """Scan one folder the web may read (under AUDOBON_HOME or an import root), or, with no
@@ -65,14 +66,16 @@ def model_detail(request, model_id: int):
 def _diffs_of(model):
     if model.asset is None:
         return []
-    return list(asset_selectors.assets_live().filter(
-        kind="report", versions__parents__asset=model.asset).distinct()[:10])
+    return list(asset_selectors.assets_visible(user=acting_user()).filter(
+        trashed_at__isnull=True, kind="report", versions__parents__asset=model.asset).distinct()[:10])
 
 
 @login_required
 @require_POST
 def import_model(request, model_id: int):
     model = _model_or_404(model_id)
+    if model.asset is not None:
+        require_change(request.user, model.asset, f"model {model.name!r}")
     spec = {"model_id": model.pk, "link": request.POST.get("link") == "1"}
     job = job_submit(kind="model_import", spec=spec, owner=request.user)
     return redirect("monitoring:job_detail", job_id=job.pk)
@@ -97,7 +100,9 @@ def compare(request):
 @login_required
 def compat(request, model_id: int):
     model = _model_or_404(model_id)
-    other = selectors.model_get(model_id=int(request.GET.get("other") or 0))
+    raw = request.GET.get("other") or ""  # a model id; anything else (text, NUL, 30 digits) is none
+    ok = raw.isascii() and raw.isdigit() and len(raw) < 18
+    other = selectors.model_get(model_id=int(raw)) if ok else None
     ctx = {"model": model, "other": other}
     if other is not None:
         try:

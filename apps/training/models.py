@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from audobon_site.access import visibility_fields
+
 
 class TrainingRun(models.Model):
     """One fine-tuning run: its spec, inputs and results. A run is carried out by one job, or
@@ -10,6 +12,7 @@ class TrainingRun(models.Model):
     name = models.CharField(max_length=200, help_text="the asset the result becomes a version of")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                               on_delete=models.SET_NULL, related_name="training_runs")
+    visibility, group = visibility_fields()
     spec = models.JSONField(default=dict)
     base = models.ForeignKey("assets.AssetVersion", null=True, blank=True, on_delete=models.SET_NULL,
                              related_name="+")

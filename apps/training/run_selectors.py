@@ -24,6 +24,7 @@ from apps.training.engine.finetune import checkpoints
 from apps.training.engine.spec import FinetuneSpec, FinetuneSpecError
 from apps.training.models import TrainingRun
 from apps.training.services.finetune import RESUMABLE, finetune_inputs, run_dir
+from audobon_site.access import visible_q
 
 # One chart per entry: its title and the metric series drawn on it.
 CHARTS = (
@@ -36,12 +37,13 @@ METRIC_ROWS = 20_000  # the newest points kept per run; charts downsample to a f
 
 
 def runs_visible(*, user) -> QuerySet[TrainingRun]:
-    """Runs the user may see: their own, or all of them for staff (as jobs are)."""
+    """Runs the user may see: their own, their groups' and everyone's (all for an admin;
+    `None`, the local command line: all)."""
     qs = TrainingRun.objects.select_related("owner", "base__asset", "dataset__asset", "result__asset",
                                             "merged__asset")
-    if user is None or user.is_staff:
+    if user is None:
         return qs
-    return qs.filter(owner=user)
+    return qs.filter(visible_q(user))
 
 
 def run_visible_get(*, user, run_id: int) -> TrainingRun | None:

@@ -16,33 +16,35 @@ from apps.assets import services as asset_services
 from apps.assets.models import Asset, AssetVersion
 from apps.monitoring.selectors import job_list
 from apps.training.engine import dataset_prep
+from audobon_site.access import UNSET
 
 UPLOADS = "dataset-uploads"
 
 
-def datasets_list(*, query: str = "") -> QuerySet[Asset]:
-    """Dataset assets in the library, newest first. Like the library itself, every user
-    sees every dataset (per-user visibility is not there yet)."""
-    qs = asset_selectors.assets_live().filter(kind=Asset.Kind.DATASET).select_related("owner")
+def datasets_list(*, query: str = "", user=UNSET) -> QuerySet[Asset]:
+    """Dataset assets `user` may see (default: whom the running code acts for), newest
+    first."""
+    qs = (asset_selectors.assets_visible(user=user).filter(trashed_at__isnull=True, kind=Asset.Kind.DATASET)
+          .select_related("owner"))
     if query:
         qs = qs.filter(name__icontains=query)
     return qs.order_by("-updated_at")
 
 
-def dataset_get(*, name: str) -> Asset | None:
-    return datasets_list().filter(name=name).first()
+def dataset_get(*, name: str, user=UNSET) -> Asset | None:
+    return datasets_list(user=user).filter(name=name).first()
 
 
-def dataset_version_get(*, ref: str) -> AssetVersion:
+def dataset_version_get(*, ref: str, user=UNSET) -> AssetVersion:
     """`NAME` (the head) or `NAME@N` of a dataset; LookupError names what is missing."""
-    version = asset_selectors.asset_version_get(ref=ref)
+    version = asset_selectors.asset_version_get(ref=ref, user=user)
     if version.asset.kind != Asset.Kind.DATASET:
         raise LookupError(f"{ref!r} is a {version.asset.kind}, not a dataset")
     return version
 
 
-def dataset_head(*, name: str) -> AssetVersion | None:
-    asset = Asset.objects.filter(name=name, kind=Asset.Kind.DATASET).first()
+def dataset_head(*, name: str, user=UNSET) -> AssetVersion | None:
+    asset = asset_selectors.assets_visible(user=user).filter(name=name, kind=Asset.Kind.DATASET).first()
     if asset is None or not asset.head_number:
         return None
     return asset.versions.filter(number=asset.head_number).first()

@@ -10,6 +10,7 @@ urlpatterns = [
     path("runs/<int:run_id>/", run_views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/resume/", run_views.run_resume, name="run_resume"),
     path("runs/<int:run_id>/try/", run_views.run_try, name="run_try"),
+    path("runs/<int:run_id>/share/", run_views.run_share, name="run_share"),
     path("compare/", run_views.compare, name="compare"),
 ]
 

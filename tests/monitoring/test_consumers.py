@@ -113,3 +113,53 @@ async def test_staff_may_watch_any_job(user, django_user_model):
     comm = await _connect(job.pk, admin)
     assert 'data-status="running"' in await comm.receive_from(timeout=3)
     await comm.disconnect()
+
+
+# --- the dashboard's socket ---------------------------------------------------------------------
+
+def _sample(cpu: float, gpus=None):
+    from apps.monitoring.models import ResourceSample
+
+    return ResourceSample.objects.create(cpu_percent=cpu, ram_used=3 * 2**30, ram_total=8 * 2**30,
+                                         disk_free=50 * 2**30, disk_total=100 * 2**30, gpus=gpus or [])
+
+
+async def test_the_dashboard_socket_pushes_each_new_sample_and_the_queues(user, monkeypatch):
+    monkeypatch.setattr("apps.monitoring.consumers.dashboard_push_seconds", lambda: 0.05)
+    await database_sync_to_async(_sample)(12.0)
+    comm = WebsocketCommunicator(app, "/ws/dashboard/")
+    comm.scope["user"] = user
+    assert (await comm.connect())[0]
+    first = await comm.receive_from(timeout=3)
+    assert first.lstrip().startswith('<div id="machine-live">')  # swapped in by its id
+    assert "CPU 12%" in first and "queue heavy: 0 queued, 0 running" in first
+    assert 'id="resource-hour"' in first  # the chart comes with it
+
+    def later():
+        _sample(87.0)
+        services.queue_pause(name="heavy")
+
+    await database_sync_to_async(later)()
+    update = await comm.receive_from(timeout=3)
+    while "CPU 87%" not in update:  # a push may have been under way before the new sample
+        update = await comm.receive_from(timeout=3)
+    assert "queue heavy: <strong>paused</strong>" in update
+    await comm.disconnect()
+
+
+async def test_the_dashboard_socket_refuses_anonymous_callers():
+    comm = WebsocketCommunicator(app, "/ws/dashboard/")
+    comm.scope["user"] = AnonymousUser()
+    assert (await comm.connect())[0]
+    assert await comm.receive_output(timeout=3) == {"type": "websocket.close", "code": 4403}
+
+
+async def test_the_dashboard_page_is_complete_without_the_socket(client, user):
+    def page():
+        _sample(40.0)
+        client.force_login(user)
+        return client.get("/").content.decode()
+
+    html = await database_sync_to_async(page)()
+    assert 'hx-ext="ws" ws-connect="/ws/dashboard/"' in html
+    assert 'id="machine-live"' in html and "CPU 40%" in html and 'id="resource-hour"' in html

@@ -40,13 +40,14 @@ def test_a_different_failure_is_another_group(temp_job_kind):
     assert sorted(ErrorGroup.objects.values_list("exc_type", flat=True)) == ["KeyError", "RuntimeError"]
 
 
-def test_a_view_error_is_recorded_and_the_page_is_for_admins(client, user, django_user_model, monkeypatch):
+def test_a_view_error_is_recorded_and_the_page_is_for_admins(client, other_user, django_user_model,
+                                                             monkeypatch):
     def boom(*a, **k):
         raise ValueError("the dashboard broke")
 
     monkeypatch.setattr("apps.monitoring.selectors.workers_status", boom)
     client.raise_request_exception = False
-    client.force_login(user)
+    client.force_login(other_user)  # not an admin
     assert client.get(reverse("monitoring:dashboard")).status_code == 500
     group = ErrorGroup.objects.get()
     assert group.exc_type == "ValueError" and group.where == "view /" and group.count == 1

@@ -79,3 +79,26 @@ def test_running_jobs_reserve_what_they_declared(user):
 def test_a_gpu_whose_memory_cannot_be_read_is_not_checked(monkeypatch):
     monkeypatch.setattr("apps.monitoring.engine.resources.read_gpus", lambda *a, **k: [])
     assert services.machine_now("cuda:0") is None
+
+
+def test_models_this_worker_keeps_for_reuse_make_room_for_a_waiting_job(temp_job_kind, monkeypatch):
+    """Memory the model cache holds counts as used: a job that fits only without it makes the
+    worker drop its cached models instead of waiting behind them forever."""
+    from apps.monitoring.engine.modelcache import ModelCache, model_cache, model_cache_reset
+
+    ran = []
+    _kind(temp_job_kind, ran)
+    monkeypatch.setattr("apps.monitoring.tasks.FIT_POLL_S", 0)
+    model_cache_reset(ModelCache(8 * GB))
+    try:
+        cache = model_cache()
+        cache.get(("model-a",), lambda: object(), nbytes=lambda _: 5 * GB)
+        cache.get(("model-b",), lambda: object(), nbytes=lambda _: 2 * GB)
+        # What the machine reads as free shrinks by what the cache holds.
+        monkeypatch.setattr(services, "machine_now", lambda device, exclude_job=None: Machine(
+            memory_total=16 * GB, memory_free=10 * GB - cache.bytes, disk_free=100 * GB))
+        job = services.job_submit(kind="t-big", spec={"gb": 6})
+        assert job.status == Job.Status.SUCCEEDED and ran == [job.pk]
+        assert cache.bytes < 7 * GB and ("model-a",) not in cache  # the least recently used went first
+    finally:
+        model_cache_reset()

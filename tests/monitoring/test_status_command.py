@@ -21,8 +21,13 @@ def test_status_json_has_health_queues_workers_and_resources(capsys, settings):
     call_command("status", "--json")
     report = json.loads(capsys.readouterr().out)
     assert set(report) >= {"health", "queues", "workers", "resources"}
-    assert report["queues"]["heavy"] == {"queued": 2, "running": 0}
-    assert report["queues"]["light"] == {"queued": 0, "running": 1}
+    assert report["queues"]["heavy"] == {"queued": 2, "running": 0, "paused": False}
+    assert report["queues"]["light"] == {"queued": 0, "running": 1, "paused": False}
+    services.queue_pause(name="heavy")
+    call_command("status", "--json")
+    assert json.loads(capsys.readouterr().out)["queues"]["heavy"]["paused"] is True
+    call_command("status")
+    assert "queue heavy: 2 queued, 0 running (PAUSED" in capsys.readouterr().out
     assert report["health"]["database"] is True and report["health"]["status"] in ("ok", "degraded")
     assert report["resources"]["ram_total"] > 0
 

@@ -62,11 +62,12 @@ def test_htmx_request_gets_only_the_live_partial(ada_client, user):
     assert body.lstrip().startswith('<section id="job-live"') and "<html" not in body
 
 
-def test_someone_elses_job_is_not_found(ada_client, other_user):
-    job = services.job_submit(kind="selftest", spec={"steps": 1, "step_seconds": 0}, owner=other_user)
-    assert ada_client.get(reverse("monitoring:job_detail", args=[job.pk])).status_code == 404
-    assert ada_client.post(reverse("monitoring:job_cancel", args=[job.pk])).status_code == 404
-    assert f"#{job.pk}<" not in ada_client.get(reverse("monitoring:job_list")).content.decode()
+def test_someone_elses_job_is_not_found(client, user, third_user, other_user):
+    job = services.job_submit(kind="selftest", spec={"steps": 1, "step_seconds": 0}, owner=third_user)
+    client.force_login(other_user)
+    assert client.get(reverse("monitoring:job_detail", args=[job.pk])).status_code == 404
+    assert client.post(reverse("monitoring:job_cancel", args=[job.pk])).status_code == 404
+    assert f"#{job.pk}<" not in client.get(reverse("monitoring:job_list")).content.decode()
 
 
 def test_cancel_and_retry_buttons(ada_client, user):

@@ -49,12 +49,16 @@ def default_texts(limit: int) -> list[str]:
     return texts[:limit]
 
 
-def _loss(model, tokenizer, texts: list[str], max_tokens: int) -> float:
+def _loss(model, tokenizer, texts: list[str], max_tokens: int, *, on_text=None) -> float:
+    """Mean token loss of `model` over `texts` (each cut at `max_tokens`); `on_text(i, n)`
+    is called before each text."""
     import torch
 
     total, count = 0.0, 0
     with torch.no_grad():
-        for text in texts:
+        for i, text in enumerate(texts):
+            if on_text is not None:
+                on_text(i, len(texts))
             ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"]
             ids = ids.to(model.device)
             if ids.shape[1] < 2:
@@ -117,11 +121,18 @@ def validate(result: Path, parents: dict[str, Path], *, texts: list[str] | None 
     float32 copy), on CUDA when present, freed before the next is loaded. A model whose need
     (`model_memory`) is above the memory available (`memory_budget`, else what is free on the
     device when its turn comes) is not loaded: the report says so in `skipped`, with the
-    numbers, and a gate that needed its loss fails with that reason."""
+    numbers, and a gate that needed its loss fails with that reason.
+
+    The parents come from the worker's model cache (`apps.monitoring.engine.modelcache`):
+    validating another merge of the same parents does not load them again. The result, a
+    folder of this run only, is loaded outside it. The cache gives room back first when a
+    model would not otherwise fit."""
     import gc
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+
+    from apps.monitoring.engine.modelcache import cache_key, load_causal_lm, model_cache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     texts = list(texts or default_texts(max_samples))[:max_samples]
@@ -140,14 +151,19 @@ def validate(result: Path, parents: dict[str, Path], *, texts: list[str] | None 
     else:
         torch.manual_seed(0)
         for label, path in [("result", result), *parents.items()]:
+            cache = model_cache()
+            cached = label != "result" and cache_key("causal_lm", path, "auto", device) in cache
             need = model_memory(path, max_tokens=max_tokens)
             free = memory_budget if memory_budget is not None else available_memory(device)
-            if need > free:
+            if need > free and not cached and memory_budget is None and cache.release(need - free):
+                free = available_memory(device)  # the cache gave back what it held
+            if need > free and not cached:
                 report.losses[label] = report.perplexities[label] = None
                 report.skipped[label] = (f"needs {need / 2**30:.2f} GiB to evaluate, "
                                          f"{free / 2**30:.2f} GiB available on {device}")
                 continue
-            model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+            model, _ = load_causal_lm(path, dtype="auto", device=device, use_cache=label != "result",
+                                      label=label)
             loss = _loss(model, tokenizer, texts, max_tokens)
             report.losses[label] = loss
             report.perplexities[label] = math.exp(min(loss, 50)) if loss == loss else None

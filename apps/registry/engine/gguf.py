@@ -38,6 +38,7 @@ VERSIONS = (2, 3)  # version 1 used 32-bit counts and lengths; nothing current w
 # corrupt count is refused before a long walk.
 MAX_COUNT = 1 << 24
 MAX_DIMS = 8
+MAX_ARRAY_NESTING = 16  # nothing writes arrays of arrays deeper; a corrupt file must not recurse
 MAX_SCALAR_TEXT = 200  # strings kept in the facts are cut here (chat templates run to KBs)
 HASH_CHUNK = 8 * 1024 * 1024
 DTYPES = ("float32", "bfloat16", "float16")
@@ -87,8 +88,11 @@ class _Cursor:
         self.skip_string()
         return bytes(self.buf[start + 8:self.pos]).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, *, keep: bool) -> Any:
+    def value(self, vtype: int, *, keep: bool, depth: int = 0) -> Any:
         """Read (or, for arrays, skip) one value; arrays come back as their length only."""
+        if depth > MAX_ARRAY_NESTING:
+            raise GGUFError(f"{self.path}: arrays nested deeper than {MAX_ARRAY_NESTING} levels at "
+                            f"byte {self.pos}; the header is corrupt")
         if vtype in _SCALARS:
             return self.take(_SCALARS[vtype])
         if vtype == _STRING:
@@ -106,7 +110,7 @@ class _Cursor:
                     self.skip_string()
             elif item == _ARRAY:
                 for _ in range(n):
-                    self.value(_ARRAY, keep=False)
+                    self.value(_ARRAY, keep=False, depth=depth + 1)
             else:
                 raise GGUFError(f"{self.path}: unknown array item type {item} at byte {self.pos}")
             return {"array_length": n}

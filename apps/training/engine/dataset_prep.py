@@ -35,7 +35,8 @@ import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,28 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
+def _lone_surrogate(raw: bytes, value: Any) -> bool:
+    """Whether a parsed row holds a lone surrogate (a `\\ud800` escape, or its bytes, which
+    json lets through): not Unicode text, so nothing can write or show it. Only looked for
+    when the raw bytes have such an escape or a 0xED byte."""
+    if b"\xed" not in raw and b"\\ud" not in raw.lower():
+        return False
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _displayable(value: Any) -> Any:
+    """`value` with lone surrogates shown as U+FFFD, for a preview."""
+    text = json.dumps(value, ensure_ascii=False).encode("utf-8", errors="surrogatepass")
+    return json.loads(text.decode("utf-8", errors="replace"))
+
+
+SURROGATE_PROBLEM = "a lone surrogate (a \\ud800-\\udfff escape) is not Unicode text"
+
+
 def _is_json_list(path: Path) -> bool:
     with path.open("rb") as fh:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -198,6 +221,9 @@ def _json_lines_pass(path: Path) -> list[int]:
             if not isinstance(value, dict):
                 problems.add(f"{where}: a row is a JSON object, not {_json_type(value)}")
                 continue
+            if _lone_surrogate(raw, value):
+                problems.add(f"{where}: {SURROGATE_PROBLEM}")
+                continue
             types.check(value, where)
             lines.append(number)
     problems.raise_if_any(path.name)
@@ -208,11 +234,14 @@ def _json_list_pass(path: Path) -> None:
     if path.stat().st_size > MAX_JSON_LIST_BYTES:
         raise DatasetError([f"{path.name}: a JSON list over {MAX_JSON_LIST_BYTES >> 20} MB; "
                             "write it as JSON Lines (one row a line)"])
+    raw = path.read_bytes()
     try:
-        data = json_loads(path.read_bytes(), source=path.name, max_bytes=None)
+        data = json_loads(raw, source=path.name, max_bytes=None)
     except ValueError as exc:
         raise DatasetError([f"line {getattr(exc, 'lineno', '?')}: not valid JSON "
                             f"({getattr(exc, 'msg', exc)})"], source=path.name) from None
+    if _lone_surrogate(raw, data):
+        raise DatasetError([SURROGATE_PROBLEM], source=path.name)
     problems = _Problems()
     types = _TypeCheck(problems)
     for i, value in enumerate(data):
@@ -320,6 +349,13 @@ def load_source(path: Path, *, cache_dir: Path) -> Source:
     except Exception as exc:  # Arrow's reader: one error for the file, no line to name
         cause = exc.__cause__ or exc
         raise DatasetError([f"{path.name}: cannot be read as {kind}: {cause}"]) from None
+    if kind == "parquet":
+        import pyarrow as pa
+
+        try:  # Parquet's reader trusts the file: text that is not UTF-8 fails only when read
+            table.data.table.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise DatasetError([f"{path.name}: cannot be read as parquet: {exc}"]) from None
     if kind == "text":
         # One row a line; empty lines separate and are dropped, line numbers kept.
         texts = table["text"]
@@ -341,10 +377,13 @@ def peek_rows(path: Path, limit: int = 20) -> tuple[list[dict], str]:
     rows: list[dict] = []
     if kind == "json" and _is_json_list(path):
         if path.stat().st_size <= 64 * 1024 * 1024:
+            raw = path.read_bytes()
             try:
-                data = json_loads(path.read_bytes(), source=path.name, max_bytes=None)
+                data = json_loads(raw, source=path.name, max_bytes=None)
             except ValueError as exc:
                 return [{"(invalid JSON)": str(exc)}], kind
+            if _lone_surrogate(raw, data):
+                data = _displayable(data)
             rows = [r if isinstance(r, dict) else {"value": r} for r in data[:limit]]
     elif kind == "json":
         with path.open("rb") as fh:
@@ -357,18 +396,30 @@ def peek_rows(path: Path, limit: int = 20) -> tuple[list[dict], str]:
                     value = json_loads(raw, max_bytes=None)
                 except ValueError:
                     value = {"(invalid JSON)": raw[:200].decode("utf-8", errors="replace")}
+                if _lone_surrogate(raw, value):
+                    value = _displayable(value)
                 rows.append(value if isinstance(value, dict) else {"value": value})
     elif kind == "csv":
         with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as fh:
-            for row in csv.DictReader(fh):
-                if len(rows) >= limit:
-                    break
-                rows.append({str(k): v for k, v in row.items() if k is not None})
+            reader = csv.DictReader(fh)
+            try:
+                for row in reader:
+                    if len(rows) >= limit:
+                        break
+                    rows.append({str(k): v for k, v in row.items() if k is not None})
+            except csv.Error as exc:  # a field over csv's limit: line_num counts lines done
+                raise DatasetError([f"line {reader.line_num + 1}: {exc}"], source=path.name) from None
     elif kind == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq  # only the first batch is read
 
-        first = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
-        rows = first.to_pylist()[:limit] if first is not None else []
+        try:
+            first = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
+            rows = first.to_pylist()[:limit] if first is not None else []
+            # Shown as text where JSON has no word for a value (binary data, dates).
+            rows = json.loads(json.dumps(rows, default=lambda v: repr(v)[:200]))
+        except (pa.ArrowException, OSError, ValueError) as exc:  # truncated or not Parquet
+            raise DatasetError([f"{path.name}: cannot be read as parquet: {exc}"]) from None
     else:
         with path.open("r", encoding="utf-8-sig", errors="replace") as fh:
             for line in fh:
@@ -522,6 +573,22 @@ def _drop_nulls(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """An Arrow value as JSON can hold it: dates, times and decimals as text; binary data
+    (or anything else JSON has no word for) is a TypeError naming its type."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta | Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} data, which a JSON row cannot hold")
+
+
 def _turns(value: Any, name: str, role_key: str, text_key: str, roles: dict[str, str],
            problems: list[str]) -> list[dict] | None:
     if value is None:
@@ -537,7 +604,7 @@ def _turns(value: Any, name: str, role_key: str, text_key: str, roles: dict[str,
             problems.append(f"{name}[{i}] is {_json_type(turn)}, not {{{role_key}, {text_key}}}")
             continue
         role = turn.get(role_key)
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:  # a list or object is no role either
             problems.append(f"{name}[{i}]: {role_key} {role!r} is not one of {', '.join(roles)}")
             continue
         content = turn.get(text_key)
@@ -604,8 +671,11 @@ def normalize_row(record: dict, layout: Layout, *, labels: set[str] | None = Non
     for column in layout.extras:
         value = record.get(column)
         if value is not None and column not in row:
-            row[column] = _drop_nulls(value)
-    return row, problems
+            try:
+                row[column] = _plain(_drop_nulls(value))
+            except TypeError as exc:
+                problems.append(f"column {column!r} holds {exc}")
+    return (None if problems else row), problems
 
 
 def task_of_row(row: dict) -> str:

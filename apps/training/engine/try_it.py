@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from apps.monitoring.engine.modelcache import load_causal_lm, load_tokenizer
 from apps.monitoring.engine.reporter import JobCancelled, NullReporter, Reporter
 from apps.training.engine.finetune import generate, pick_device
 
@@ -39,25 +40,30 @@ def try_it(*, base_dir: Path, tuned_dir: Path, tuned_kind: str, prompt: str, max
     dtype = torch.float32 if device == "cpu" else "auto"
     # The tuned side's tokenizer is the one the run saved (same vocabulary, maybe a pad token).
     tok_dir = tuned_dir if _has_tokenizer(tuned_dir) else base_dir
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tok_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    # Both models come from the worker's model cache: trying another prompt answers without
+    # loading them again. Cached objects are shared, so nothing here changes them: the
+    # tokenizer's pad token is set by the loader, and an adapter goes on a copy of the base.
+    tokenizer, _ = load_tokenizer(tok_dir, pad_to_eos=True)
     reporter.step(0, 2)
     reporter.log(f"generating with the base model on {device}")
-    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+    base, hit = load_causal_lm(base_dir, dtype=dtype, device=device)
+    if hit:
+        reporter.log("the base model was already loaded (model cache)")
     [base_text] = generate(base, tokenizer, [prompt], max_new_tokens, device)
     reporter.step(1, 2)
     if reporter.cancelled():
         raise JobCancelled("stopped after the base model's answer")
     reporter.log("generating with the tuned model")
     if tuned_kind == "adapter":
+        import copy
+
         import peft
 
-        # The adapter wraps the base's layers in place, so the base answered first.
-        tuned = peft.PeftModel.from_pretrained(base, tuned_dir).to(device)
+        # peft wraps the layers of the model it is given in place: give it a copy.
+        tuned = peft.PeftModel.from_pretrained(copy.deepcopy(base), tuned_dir).to(device).eval()
     else:
         del base
-        tuned = transformers.AutoModelForCausalLM.from_pretrained(tuned_dir, dtype=dtype).to(device)
+        tuned, _ = load_causal_lm(tuned_dir, dtype=dtype, device=device)
     [tuned_text] = generate(tuned, tokenizer, [prompt], max_new_tokens, device)
     reporter.step(2, 2)
     if device.startswith("cuda"):

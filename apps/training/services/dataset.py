@@ -14,6 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.assets import selectors as asset_selectors
 from apps.assets import services as asset_services
 from apps.assets.models import Asset, AssetVersion
 from apps.monitoring.engine.reporter import NullReporter
@@ -70,8 +71,10 @@ def dataset_import(*, source: Path, name: str | None = None, fmt: str | None = N
     source = Path(source).expanduser()
     name = asset_services.asset_name_check(name or dataset_default_name(source_name or source.name))
     existing = Asset.objects.filter(name=name).first()
-    if existing is not None and existing.kind != Asset.Kind.DATASET:
-        raise asset_services.AssetInputError(f"asset {name!r} is a {existing.kind}, not a dataset")
+    if existing is not None:
+        asset_services.asset_name_usable(existing, actor=owner)
+        if existing.kind != Asset.Kind.DATASET:
+            raise asset_services.AssetInputError(f"asset {name!r} is a {existing.kind}, not a dataset")
     tokens = None
     if model:
         try:
@@ -131,7 +134,7 @@ def dataset_stats(*, dataset: str, model: str, max_length: int | None = None, ow
     except registry_services.ModelRefError as exc:
         raise LookupError(str(exc)) from None
     key = f"{version.pk}|{_model_identity(model_dir, model_version)}|{max_length}"
-    done = (AssetVersion.objects.filter(asset__kind=Asset.Kind.REPORT, spec__stats_key=key)
+    done = (asset_selectors.versions_visible().filter(asset__kind=Asset.Kind.REPORT, spec__stats_key=key)
             .select_related("asset").order_by("-created_at").first())
     if done is not None:
         reporter.log(f"measured before: {done}")

@@ -22,7 +22,6 @@ from apps.assets import services as asset_services
 from apps.assets.models import AssetVersion
 from apps.monitoring.engine.reporter import NullReporter
 from apps.registry import services as registry_services
-from apps.registry.models import DiscoveredModel
 from apps.training.engine.synth import (
     DEFAULT_GENERATOR,
     SeedTask,
@@ -52,12 +51,7 @@ def _resolve(ref: str, what: str) -> tuple[Path, AssetVersion | None]:
     except registry_services.ModelRefError:
         hint = "; `audobon demo_models --smollm2` adds it" if ref == DEFAULT_GENERATOR else ""
         raise LookupError(f"{what} {ref!r} is neither a folder nor in the library{hint}") from None
-    if version is None:
-        # A folder a scan registered still has a library version to name in the lineage.
-        found = DiscoveredModel.objects.filter(path=folder.as_posix()).exclude(asset=None).first()
-        if found is not None:
-            version = asset_selectors.asset_version_get(ref=found.asset.name)
-    return folder, version
+    return folder, version  # a folder a scan registered comes with its library version
 
 
 def synth_inputs(spec: SynthSpec) -> SynthInputs:
@@ -122,7 +116,7 @@ def synth_dataset(*, spec: SynthSpec | dict, owner=None, job=None,
     name = asset_services.asset_name_check(spec.name)
     inputs = synth_inputs(spec)
     key = synth_cache_key(spec, inputs)
-    done = AssetVersion.objects.filter(spec__cache_key=key).select_related("asset").first()
+    done = asset_selectors.versions_visible().filter(spec__cache_key=key).select_related("asset").first()
     if done is not None:
         reporter.log(f"this spec over these inputs was generated before: {done}")
         return done, True

@@ -20,6 +20,8 @@ from apps.training.engine.spec import FinetuneSpec, FinetuneSpecError, spec_from
 from apps.training.selectors import datasets_list
 from apps.training.services.finetune import finetune_resume, finetune_submit
 from apps.training.services.try_it import TRY_IT_DEFAULT_TOKENS, try_it_submit
+from audobon_site.access import require_change, visibility_set
+from audobon_site.forms import VisibilityForm
 
 TASKS = ("causal_lm", "classification")
 METHODS = ("lora", "qlora", "full")
@@ -181,7 +183,7 @@ def _run_context(request, run) -> dict:
 @login_required
 def run_detail(request, run_id: int):
     run = _visible_run_or_404(request, run_id)
-    ctx = _run_context(request, run)
+    ctx = {**_run_context(request, run), "share_form": VisibilityForm.for_object(run, request.user)}
     part = request.GET.get("part")
     if request.htmx and part == "tries":
         return render(request, "training/run_detail.html#tries", ctx)
@@ -192,8 +194,24 @@ def run_detail(request, run_id: int):
 
 @login_required
 @require_POST
+def run_share(request, run_id: int):
+    run = _visible_run_or_404(request, run_id)
+    require_change(request.user, run, f"run {run.pk}")
+    form = VisibilityForm(request.POST, user=request.user)
+    if form.is_valid():
+        visibility_set(obj=run, user=request.user, visibility=form.cleaned_data["visibility"],
+                       group=form.cleaned_data["group"])
+        messages.success(request, f"Run {run.pk} is now visible to {run.get_visibility_display()}.")
+    else:
+        messages.error(request, form.error_text())
+    return redirect("training:run_detail", run_id=run.pk)
+
+
+@login_required
+@require_POST
 def run_resume(request, run_id: int):
     run = _visible_run_or_404(request, run_id)
+    require_change(request.user, run, f"run {run.pk}")
     job = run_selectors.run_resumable_job(run)
     if job is None:
         messages.error(request, f"Run {run.pk} cannot be resumed: its last job did not stop early "

@@ -11,6 +11,7 @@ from apps.monitoring.services import job_submit
 
 class Command(ForegroundCommand):
     help = "Build a model from a recipe (mergekit YAML works unchanged)."
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, RecipeError, PlanError, StoreError,
                    services.GateFailedError)
 
@@ -46,10 +47,11 @@ class Command(ForegroundCommand):
             return
         if queue:
             job = job_submit(kind="assemble", spec={"recipe": text, "name": name,
-                                                    "validate_result": not no_validate})
+                                                    "validate_result": not no_validate}, owner=self.owner)
             self.emit({"job": job.pk}, f"queued as job {job.pk}")
             return
         version, reused = services.assemble(text=text, name=name, reporter=self.progress("assemble"),
+                                            owner=self.owner,
                                             out=Path(out).resolve() if out else None,
                                             validate_result=not no_validate)
         self.emit({"asset": version.asset.name, "version": version.number, "reused": reused,

@@ -7,6 +7,7 @@ from apps.monitoring.foreground import ForegroundCommand
 
 class Command(ForegroundCommand):
     help = "Save chosen components of a model (layers 8-15, head…) as a component asset."
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, SelectionError)
 
     def add_arguments(self, parser):
@@ -17,7 +18,7 @@ class Command(ForegroundCommand):
         parser.add_argument("--out", help="also write the component folder here")
 
     def handle(self, *args, model, select, name, out, **opts):
-        version = services.components_extract(model=model, select=select, name=name,
+        version = services.components_extract(model=model, select=select, name=name, owner=self.owner,
                                               out=Path(out).resolve() if out else None,
                                               reporter=self.progress("extract"))
         self.emit({"asset": version.asset.name, "version": version.number,

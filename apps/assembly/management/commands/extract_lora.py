@@ -7,6 +7,7 @@ from apps.monitoring.foreground import ForegroundCommand
 
 class Command(ForegroundCommand):
     help = "Extract a LoRA adapter from a (base, fine-tune) pair by truncated SVD."
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, ExtractionError)
 
     def add_arguments(self, parser):
@@ -20,6 +21,6 @@ class Command(ForegroundCommand):
 
     def handle(self, *args, base, tuned, rank, energy, name, out, **opts):
         version = services.lora_extract(base=base, tuned=tuned, rank=rank, energy=energy, name=name,
-                                        out=Path(out).resolve() if out else None,
+                                        owner=self.owner, out=Path(out).resolve() if out else None,
                                         reporter=self.progress("extract"))
         self.emit({"asset": version.asset.name, "version": version.number}, f"{version}")

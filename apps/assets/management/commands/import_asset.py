@@ -9,6 +9,7 @@ from apps.monitoring.services import job_submit
 
 class Command(ForegroundCommand):
     help = "Import a file or folder into the library as a new asset version."
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, StoreError)
 
     def add_arguments(self, parser):
@@ -26,11 +27,11 @@ class Command(ForegroundCommand):
         if queue:
             job = job_submit(kind="asset_import", spec={
                 "source": str(source), "kind": kind, "name": name, "link": link,
-                "tags": tags, "description": description})
+                "tags": tags, "description": description}, owner=self.owner)
             self.emit({"job": job.pk, "status": job.status}, f"queued as job {job.pk}")
             return
         version = services.asset_import(source=source, kind=kind, name=name, link=link,
-                                        tags=tags, description=description,
+                                        tags=tags, description=description, owner=self.owner,
                                         reporter=self.progress(f"import {source.name}"))
         self.emit({"asset": version.asset.name, "version": version.number,
                    "version_id": str(version.pk), "files": len(version.manifest),

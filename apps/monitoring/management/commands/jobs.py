@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.assets.engine.safeparse import MAX_DEPTH, ParseError, json_loads
 from apps.monitoring import selectors, services
 from apps.monitoring.engine.terminal import TerminalProgress
 from apps.monitoring.models import Job, JobEvent
+from audobon_site.access import acting_as, owner_from_options
 
 WATCH_POLL_S = 0.2
 # Room for the largest recipe (64 KB) with JSON's escapes; each kind's spec checks the rest.
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         p.add_argument("kind")
         p.add_argument("--spec", default="{}", help="the job's spec as a JSON object")
         p.add_argument("--priority", type=int, default=0, help="higher runs first")
-        p.add_argument("--owner", help="username that owns the job (default: none)")
+        p.add_argument("--owner", help="username that owns the job (default: the only admin)")
         p.add_argument("--json", action="store_true", dest="as_json")
         p = sub.add_parser("list", help="recent jobs")
         p.add_argument("--status", choices=[s for s, _ in Job.Status.choices])
@@ -57,9 +57,10 @@ class Command(BaseCommand):
         except ParseError as exc:
             where = f" at line {exc.line}, column {exc.column}" if exc.line else ""
             raise CommandError(f"--spec is not valid JSON: {exc.reason}{where}") from None
-        user = _user(owner) if owner else None
+        user = owner_from_options({"owner": owner})
         try:
-            job = services.job_submit(kind=kind, spec=spec_obj, owner=user, priority=priority)
+            with acting_as(user):  # names in the spec resolve as the owner sees the library
+                job = services.job_submit(kind=kind, spec=spec_obj, owner=user, priority=priority)
         except services.JobSpecError as exc:
             raise CommandError(f"{exc} (nothing was queued)") from None
         if as_json:
@@ -162,13 +163,6 @@ def _job(job_id: int) -> Job:
     if job is None:
         raise CommandError(f"no job with id {job_id}")
     return job
-
-
-def _user(username: str):
-    user = get_user_model().objects.filter(username=username).first()
-    if user is None:
-        raise CommandError(f"no user named {username!r}")
-    return user
 
 
 def _event_line(ev: JobEvent) -> str:

@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 
 from django.core.management.base import BaseCommand
-from django.db.models import Count
 
 from apps.monitoring import selectors
-from apps.monitoring.models import Job
 
 
 def status_report() -> dict:
     health = selectors.health_report()
-    queues: dict[str, dict] = {}
-    active = (Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
-              .values("queue", "status").annotate(n=Count("id")))
-    for row in active:
-        queues.setdefault(row["queue"], {"queued": 0, "running": 0})[row["status"]] = row["n"]
+    # Every queue, with whether it is paused (`audobon queue pause|resume`).
+    queues = {q["name"]: {"queued": q["queued"], "running": q["running"], "paused": q["paused"]}
+              for q in selectors.queues_summary()}
     sample = selectors.resource_latest()
     resources = None
     if sample is not None:
@@ -47,8 +43,9 @@ class Command(BaseCommand):
         h = report["health"]
         lines = [f"health: {h['status']} (" + ", ".join(f"{k} {'ok' if v else 'FAILING'}"
                                                       for k, v in h.items() if k != "status") + ")"]
-        if report["queues"]:
+        if any(c["queued"] or c["running"] or c["paused"] for c in report["queues"].values()):
             lines += [f"queue {q}: {c['queued']} queued, {c['running']} running"
+                      + (" (PAUSED: `audobon queue resume " + q + "`)" if c["paused"] else "")
                       for q, c in sorted(report["queues"].items())]
         else:
             lines.append("queues: nothing queued or running")

@@ -114,10 +114,14 @@ class Command(BaseCommand):
         ]
         devices = [d.strip() for d in os.environ.get("AUDOBON_DEVICES", "").split(",") if d.strip()]
         if devices:
-            # One heavy worker per GPU, each seeing only its own device.
+            # One heavy worker per GPU, each seeing only its own device and knowing which it is
+            # (by the machine's numbering), so a job goes to the worker whose GPU it fits on.
             for dev in devices:
+                env = {"CUDA_VISIBLE_DEVICES": dev}
+                if dev.isdigit():
+                    env["AUDOBON_WORKER_DEVICE"] = f"cuda:{dev}"
                 children.append(ChildSpec(f"heavy-worker-{dev}", [*py, "run_worker", "--queue", "heavy"],
-                                          env={"CUDA_VISIBLE_DEVICES": dev}))
+                                          env=env))
         else:
             children.append(ChildSpec("heavy-worker", [*py, "run_worker", "--queue", "heavy"]))
         return children

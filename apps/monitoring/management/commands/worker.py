@@ -34,6 +34,8 @@ class Command(RunWorker):
             if "torch" in sys.modules:  # CUDA reads the variable once, when torch starts it
                 raise CommandError("--device must be set before torch is loaded")
             os.environ["CUDA_VISIBLE_DEVICES"] = m.group(1) if m.group(1) is not None else ""
+            # Which GPU of the machine this worker's jobs run on: where heavy jobs are placed.
+            os.environ["AUDOBON_WORKER_DEVICE"] = device
         lan = settings.DATABASES["default"]["ENGINE"].endswith("postgresql") and os.environ.get(
             "AUDOBON_REDIS_URL")
         where = "sharing this LAN setup" if lan else "on the embedded default (this machine only)"

@@ -6,6 +6,7 @@ from apps.registry import services
 
 class Command(ForegroundCommand):
     help = "Layer-by-layer difference of two compatible models, as a heatmap and a report asset."
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, services.HeaderError)
 
     def add_arguments(self, parser):
@@ -14,7 +15,7 @@ class Command(ForegroundCommand):
         parser.add_argument("--out", help="also write the heatmap PNG here")
 
     def handle(self, *args, a, b, out, **opts):
-        version = services.models_diff(a=a, b=b, out=Path(out).resolve() if out else None,
+        version = services.models_diff(a=a, b=b, owner=self.owner, out=Path(out).resolve() if out else None,
                                        reporter=self.progress("diff"))
         import json
 

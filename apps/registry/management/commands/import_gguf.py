@@ -10,6 +10,7 @@ from apps.registry import services
 class Command(ForegroundCommand):
     help = ("Dequantize a GGUF file (llama.cpp) once into a safetensors model in the library, "
             "and list it in the registry.")
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, services.HeaderError)
 
     def add_arguments(self, parser):
@@ -25,10 +26,10 @@ class Command(ForegroundCommand):
         source, _ = services.gguf_check(Path(file))  # a bad file is refused before queueing
         if queue:
             job = job_submit(kind="import_gguf", spec={"path": str(source), "name": name,
-                                                       "dtype": dtype})
+                                                       "dtype": dtype}, owner=self.owner)
             self.emit({"job": job.pk, "status": job.status}, f"queued as job {job.pk}")
             return
-        version = services.gguf_import(path=source, name=name, dtype=dtype,
+        version = services.gguf_import(path=source, name=name, dtype=dtype, owner=self.owner,
                                        reporter=self.progress(f"import {source.name}"))
         gguf = version.metadata["gguf"]
         self.emit({"asset": version.asset.name, "version": version.number,

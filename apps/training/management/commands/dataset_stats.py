@@ -7,6 +7,7 @@ from apps.training.services import dataset as services
 class Command(ForegroundCommand):
     help = ("Token statistics of a dataset under a model's tokenizer and chat template (count, "
             "min/mean/p50/p95/max per split, a length histogram), kept as a report asset.")
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, StoreError)
 
     def add_arguments(self, parser):
@@ -19,10 +20,11 @@ class Command(ForegroundCommand):
     def handle(self, *args, dataset, model, max_length, queue, **opts):
         if queue:
             job = job_submit(kind="dataset_stats", spec={"dataset": dataset, "model": model,
-                                                         "max_length": max_length})
+                                                         "max_length": max_length}, owner=self.owner)
             self.emit({"job": job.pk, "status": job.status}, f"queued as job {job.pk}")
             return
         report = services.dataset_stats(dataset=dataset, model=model, max_length=max_length,
+                                        owner=self.owner,
                                         reporter=self.progress("tokens"))
         stats = report.metadata["token_stats"]
         lines = [f"{stats['dataset']} under {stats['model']} (max length {stats['max_length']}):"]

@@ -11,6 +11,7 @@ from apps.training.services import finetune as services
 class Command(ForegroundCommand):
     help = ("Fine-tune a model (LoRA, QLoRA or full) on a library dataset from a YAML spec; "
             "the result is registered with its evaluation and lineage.")
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, FinetuneSpecError, JobSpecError, JobStateError)
 
     def add_arguments(self, parser):
@@ -24,7 +25,7 @@ class Command(ForegroundCommand):
             old = Job.objects.filter(pk=resume).first()
             if old is None:
                 raise ValueError(f"there is no job {resume}")
-            run, job = services.finetune_resume(job=old, enqueue=queue)
+            run, job = services.finetune_resume(job=old, enqueue=queue, owner=self.owner)
         else:
             if not spec:
                 raise ValueError("give the spec's YAML file, or --resume JOB_ID")
@@ -32,7 +33,7 @@ class Command(ForegroundCommand):
             if not path.is_file():
                 raise ValueError(f"{path}: no such spec file")
             parsed = spec_from_yaml(path.read_text(errors="replace"), source=str(path))
-            run, job = services.finetune_submit(spec=parsed, enqueue=queue)
+            run, job = services.finetune_submit(spec=parsed, enqueue=queue, owner=self.owner)
         if queue:
             self.emit({"job": job.pk, "run": run.pk, "status": job.status},
                       f"queued as job {job.pk} (run {run.pk})")

@@ -27,6 +27,7 @@ def parse_maps(items: list[str]) -> dict[str, str]:
 class Command(ForegroundCommand):
     help = ("Import a dataset file (JSONL, JSON list, CSV, Parquet or .txt) as a library dataset: "
             "every row checked, normalized, split into train and validation.")
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, StoreError)
 
     def add_arguments(self, parser):
@@ -52,7 +53,7 @@ class Command(ForegroundCommand):
             job = job_submit(kind="import_dataset", spec={
                 "path": str(source), "name": name, "format": fmt, "mapping": mapping, "seed": seed,
                 "validation_fraction": fraction, "labels": label_list, "model": model,
-                "max_length": max_length})
+                "max_length": max_length}, owner=self.owner)
             self.emit({"job": job.pk, "status": job.status}, f"queued as job {job.pk}")
             return
         asset_name = name or services.dataset_default_name(source.name)
@@ -61,7 +62,7 @@ class Command(ForegroundCommand):
             version = services.dataset_import(
                 source=source, name=asset_name, fmt=fmt, mapping=mapping, seed=seed,
                 validation_fraction=fraction, labels=label_list, model=model, max_length=max_length,
-                reporter=self.progress(f"import {source.name}"))
+                owner=self.owner, reporter=self.progress(f"import {source.name}"))
         except DatasetError as exc:
             if self.as_json:
                 self.stdout.write(json.dumps({"ok": False, "source": str(source), "problems": exc.problems}))

@@ -9,6 +9,7 @@ from apps.training.services import synth as services
 
 class Command(ForegroundCommand):
     help = "Generate a synthetic chat dataset from a spec (self-instruct with a model, or templates)."
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, SynthError, AssetInputError)
 
     def add_arguments(self, parser):
@@ -23,10 +24,11 @@ class Command(ForegroundCommand):
             raise ValueError(f"{path}: larger than {MAX_SPEC_BYTES // 1_000_000} MB; not a spec")
         parsed = spec_load_yaml(path.read_bytes(), source=path.name, defaults={"name": path.stem})
         if queue:
-            job = job_submit(kind="synth_dataset", spec=parsed.model_dump(mode="json"))
+            job = job_submit(kind="synth_dataset", spec=parsed.model_dump(mode="json"), owner=self.owner)
             self.emit({"job": job.pk}, f"queued as job {job.pk}")
             return
-        version, reused = services.synth_dataset(spec=parsed, reporter=self.progress("synth"))
+        version, reused = services.synth_dataset(spec=parsed, owner=self.owner,
+                                                 reporter=self.progress("synth"))
         stats = version.metadata.get("synth", {}).get("stats") or {}
         text = f"{version}" + (" (the same spec over the same inputs: reused)" if reused else
                                f": {stats.get('kept')} of {stats.get('generated')} rows kept, "

@@ -8,6 +8,7 @@ from apps.training.services.try_it import TRY_IT_DEFAULT_TOKENS, try_it_submit
 class Command(ForegroundCommand):
     help = ("Answer one prompt with a fine-tuning run's base model and its tuned model, side by "
             "side (greedy, with the chat template); the run page's \"Try it\".")
+    creates = True
     user_errors = (*ForegroundCommand.user_errors, JobSpecError, JobStateError)
 
     def add_arguments(self, parser):
@@ -17,10 +18,11 @@ class Command(ForegroundCommand):
         parser.add_argument("--queue", action="store_true", help="run as a job in the heavy worker")
 
     def handle(self, *args, run, prompt, max_new_tokens, queue, **opts):
-        found = run_selectors.run_visible_get(user=None, run_id=run)
+        found = run_selectors.run_visible_get(user=self.owner, run_id=run)
         if found is None:
             raise LookupError(f"there is no run {run}; see `audobon runs list`")
-        job = try_it_submit(run=found, prompt=prompt, max_new_tokens=max_new_tokens, enqueue=queue)
+        job = try_it_submit(run=found, prompt=prompt, max_new_tokens=max_new_tokens, enqueue=queue,
+                            owner=self.owner)
         if queue:
             self.emit({"job": job.pk, "run": found.pk, "status": job.status}, f"queued as job {job.pk}")
             return
