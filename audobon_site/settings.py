@@ -27,7 +27,8 @@ DEBUG = _env_bool("AUDOBON_DEBUG")
 ALLOWED_HOSTS = lan_allowed_hosts()
 
 INSTALLED_APPS = [
-    "daphne",
+    # not "daphne": `audobon serve` runs its server directly, and its app would make every
+    # command import twisted's reactor (0.4 s) only to replace `runserver`
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

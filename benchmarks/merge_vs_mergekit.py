@@ -108,6 +108,9 @@ def run_command(home: Path, recipe: Path, name: str, out: Path, env: dict) -> tu
     """The whole `audobon assemble` as a user runs it, in a home migrated beforehand."""
     cmd_env = {**env, "AUDOBON_HOME": str(home), "HF_HUB_OFFLINE": "1",
                "DJANGO_SETTINGS_MODULE": "audobon_site.settings"}
+    # Each round merges (not timed): a repeated recipe would otherwise be the cached result.
+    subprocess.run([sys.executable, "-m", "audobon_site.cli", "cache", "clear", "assembly"], cwd=REPO,
+                   env=cmd_env, check=True, capture_output=True)
     return run_measured([sys.executable, "-m", "audobon_site.cli", "assemble", str(recipe), "--name", name,
                          "--out", str(out)], env=cmd_env)
 

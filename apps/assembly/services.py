@@ -233,6 +233,8 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
         spec__cache_key=key).select_related("asset").first()
     if done is not None:
         reporter.log(f"this recipe over these inputs was assembled before: {done}")
+        if out is not None:  # still written where it was asked for, from the library
+            asset_services.asset_version_export(version=done, dest=out, reporter=reporter)
         return done, True
     parents = _input_versions(plan)
     work = _work_dir()

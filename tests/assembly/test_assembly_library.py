@@ -45,6 +45,15 @@ def test_assemble_registers_a_version_with_lineage_validation_and_recipe(demo):
     assert reused and again.pk == version.pk  # the same recipe over the same inputs: at once
 
 
+def test_a_reused_result_is_still_written_to_out(demo, tmp_path):
+    version, _ = services.assemble(text=RECIPE, name="even-late")
+    again, reused = services.assemble(text=RECIPE, name="even-late", out=tmp_path / "out")
+    assert reused and again.pk == version.pk
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
+                     if p.is_file())
+    assert written == sorted(version.manifest)
+
+
 def test_a_failing_gate_registers_nothing(demo):
     strict = RECIPE.replace("max: 1.5", "max: 0.001")
     with pytest.raises(services.GateFailedError, match="loss_ratio_to_best_parent"):
