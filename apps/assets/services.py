@@ -758,7 +758,7 @@ def _asset_row_check(row: dict) -> None:
         _bad("trashed must be true or false")
 
 
-def _version_row_check(row: dict, asset_ids: set[str], archive_blobs: set[str]) -> None:
+def _version_row_check(row: dict, asset_ids: set[str], archive_blobs: dict[str, int]) -> None:
     asset_id = _uuid_text(row.get("asset"), "asset")
     if asset_id not in asset_ids and not Asset.objects.filter(pk=asset_id).exists():
         _bad(f"asset {asset_id} is neither in the backup nor in this library")
@@ -784,8 +784,15 @@ def _version_row_check(row: dict, asset_ids: set[str], archive_blobs: set[str]) 
             _bad(f"manifest entry {path!r} must be an object")
         entry_check(path, entry.get("sha256"), entry.get("size"), in_place=bool(location))
         sha = entry["sha256"]
-        if not location and sha not in archive_blobs and not store.has(sha):
+        if location:
+            continue
+        size = archive_blobs.get(sha)
+        if size is None and store.has(sha):
+            size = store.blob_path(sha).stat().st_size
+        if size is None:
             _bad(f"file {path!r}: blob {sha} is neither in the backup nor in this store")
+        if entry["size"] != size:  # a version whose blob reads back wrong would fail every verify
+            _bad(f"file {path!r}: its size {entry['size']} is not its blob's ({size} bytes)")
     for key in ("metadata", "spec"):
         if not isinstance(row.get(key, {}), dict):
             _bad(f"{key} must be an object")
@@ -808,7 +815,7 @@ def _point_row_check(row: dict) -> None:
         _uuid_text(version_id, "head version")
 
 
-def library_tables_check(tables, *, archive_blobs: set[str]) -> None:
+def library_tables_check(tables, *, archive_blobs: dict[str, int]) -> None:
     """Every row of a backup's tables checked like fresh input, before anything is written:
     names, kinds, tags, ids; file paths relative and clean (no absolute, `..` or dotfile),
     hashes of 64 lowercase hex digits whose blob is in the backup (or already here), sizes,
@@ -866,7 +873,7 @@ def library_restore(*, path: Path, job=None, reporter=None) -> dict:
 
     def check(manifest, tables_bytes: bytes) -> None:
         tables = _tables_parse(tables_bytes, path)
-        library_tables_check(tables, archive_blobs={sha for sha, _ in manifest.blobs})
+        library_tables_check(tables, archive_blobs=dict(manifest.blobs))
         checked["tables"] = tables
 
     manifest, _ = backup_restore(path, store=blob_store(), reporter=reporter or NullReporter(),
