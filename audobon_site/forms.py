@@ -38,3 +38,20 @@ class VisibilityForm(forms.Form):
 
     def error_text(self) -> str:
         return "; ".join(f"{name}: {' '.join(errs)}" for name, errs in self.errors.items())
+
+
+def share_from_post(request, obj, label: str) -> None:
+    """The share form of a page, posted: `obj` (which the caller checked `request.user` may
+    change) gets the visibility asked for, and the page's message says so, or why not."""
+    from django.contrib import messages
+
+    from audobon_site.access import visibility_set
+
+    form = VisibilityForm(request.POST, user=request.user)
+    if not form.is_valid():
+        messages.error(request, form.error_text())
+        return
+    visibility_set(obj=obj, user=request.user, visibility=form.cleaned_data["visibility"],
+                   group=form.cleaned_data["group"])
+    group = f" ({obj.group.name})" if obj.group else ""
+    messages.success(request, f"{label} is now visible to {obj.get_visibility_display()}{group}.")

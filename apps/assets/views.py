@@ -20,8 +20,8 @@ from apps.assets.forms import AssetEditForm, BackupForm, RecoveryPointForm, Uplo
 from apps.assets.lineage_svg import lineage_svg
 from apps.assets.models import Asset, Backup, RecoveryPoint, Upload
 from apps.monitoring.services import job_submit
-from audobon_site.access import admin_required, can_change, is_admin, require_change, visibility_set
-from audobon_site.forms import VisibilityForm
+from audobon_site.access import admin_required, can_change, is_admin, require_change
+from audobon_site.forms import VisibilityForm, share_from_post
 
 
 @login_required
@@ -278,14 +278,7 @@ def asset_trash_toggle(request, name: str):
 @require_POST
 def asset_visibility(request, name: str):
     asset = _asset_to_change_or_404(request, name)
-    form = VisibilityForm(request.POST, user=request.user)
-    if form.is_valid():
-        visibility_set(obj=asset, user=request.user, visibility=form.cleaned_data["visibility"],
-                       group=form.cleaned_data["group"])
-        messages.success(request, f"{asset.name} is now visible to {asset.get_visibility_display()}"
-                                  + (f" ({asset.group.name})" if asset.group else "") + ".")
-    else:
-        messages.error(request, form.error_text())
+    share_from_post(request, asset, asset.name)
     return redirect("assets:asset_detail", name=asset.name)
 
 

@@ -9,8 +9,8 @@ from django.views.decorators.http import require_POST
 
 from apps.monitoring import selectors, services
 from apps.monitoring.forms import JobFilterForm, SelftestForm
-from audobon_site.access import require_change, visibility_set
-from audobon_site.forms import VisibilityForm
+from audobon_site.access import require_change
+from audobon_site.forms import VisibilityForm, share_from_post
 
 JOBS_PER_PAGE = 25
 
@@ -66,13 +66,7 @@ def job_detail(request, job_id: int):
 def job_share(request, job_id: int):
     job = _visible_job_or_404(request, job_id)
     require_change(request.user, job, f"job {job.pk}")
-    form = VisibilityForm(request.POST, user=request.user)
-    if form.is_valid():
-        visibility_set(obj=job, user=request.user, visibility=form.cleaned_data["visibility"],
-                       group=form.cleaned_data["group"])
-        messages.success(request, f"Job {job.pk} is now visible to {job.get_visibility_display()}.")
-    else:
-        messages.error(request, form.error_text())
+    share_from_post(request, job, f"Job {job.pk}")
     return redirect("monitoring:job_detail", job_id=job.pk)
 
 

@@ -20,8 +20,8 @@ from apps.training.engine.spec import FinetuneSpec, FinetuneSpecError, spec_from
 from apps.training.selectors import datasets_list
 from apps.training.services.finetune import finetune_resume, finetune_submit
 from apps.training.services.try_it import TRY_IT_DEFAULT_TOKENS, try_it_submit
-from audobon_site.access import require_change, visibility_set
-from audobon_site.forms import VisibilityForm
+from audobon_site.access import require_change
+from audobon_site.forms import VisibilityForm, share_from_post
 
 TASKS = ("causal_lm", "classification")
 METHODS = ("lora", "qlora", "full")
@@ -197,13 +197,7 @@ def run_detail(request, run_id: int):
 def run_share(request, run_id: int):
     run = _visible_run_or_404(request, run_id)
     require_change(request.user, run, f"run {run.pk}")
-    form = VisibilityForm(request.POST, user=request.user)
-    if form.is_valid():
-        visibility_set(obj=run, user=request.user, visibility=form.cleaned_data["visibility"],
-                       group=form.cleaned_data["group"])
-        messages.success(request, f"Run {run.pk} is now visible to {run.get_visibility_display()}.")
-    else:
-        messages.error(request, form.error_text())
+    share_from_post(request, run, f"Run {run.pk}")
     return redirect("training:run_detail", run_id=run.pk)
 
 
