@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -31,6 +33,10 @@ DEFAULT_PROMPTS = ["The json module", "In Python, a list"]
 
 class GateFailedError(RuntimeError):
     """The result failed a validation gate: it is not registered."""
+
+
+class OutWriteError(OSError):
+    """The result is registered, but its copy for `--out` could not be written."""
 
 
 def _work_dir() -> Path:
@@ -216,17 +222,27 @@ def cache_key(plan: Plan, text: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _in_process(func, *args, **kwargs):
+    return func(*args, **kwargs)
+
+
 def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
              out: Path | None = None, validate_result: bool = True,
-             plan: Plan | None = None) -> tuple[AssetVersion, bool]:
+             plan: Plan | None = None, engine=None) -> tuple[AssetVersion, bool]:
     """Plan, run, validate and register. Returns (version, reused): the same recipe over
-    the same inputs returns the version made before, at once."""
-    from apps.assembly.engine.executor import execute
-    from apps.assembly.engine.validation import ValidationReport, validate
+    the same inputs returns the version made before, at once. With `engine` (a command's
+    EngineProcess), the merge and the validation run in it."""
+    from apps.assembly.engine.executor import execute, memory_bound
 
     reporter = reporter or NullReporter()
     name = asset_services.asset_name_check(name)
     plan = plan or recipe_plan(text)  # a job's spec carries the plan it was checked with
+    if engine is not None and memory_bound(plan):
+        engine.close()  # a long merge whose peak is what counts: in this process, one interpreter
+        engine = None
+    call = engine.call if engine is not None else _in_process
+    if out is not None and (out.exists() or out.is_symlink()):
+        raise asset_services.AssetInputError(f"{out} already exists: --out names a new folder")
     key = cache_key(plan, text)
     # Only a result its owner may see is reused: another user's private merge is not theirs.
     done = (assembly_cached() & asset_selectors.versions_visible()).filter(
@@ -238,40 +254,27 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
         return done, True
     parents = _input_versions(plan)
     work = _work_dir()
+    # `--out` is written beside the result, from the same bytes, into a hidden sibling; it is
+    # put in place only once the version exists, and removed if anything before that fails.
+    staged = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}" if out is not None else None
     try:
         folder = work / "model"
         reporter.log(f"{plan.method}: {len(plan.outputs)} tensors from {len(plan.models)} models")
-        result = execute(plan, folder, recipe_text=text, reporter=reporter,
-                         card_lines=["## Lineage", "", *[f"- {v}" for v in parents]])
+        if staged is not None:
+            staged.parent.mkdir(parents=True, exist_ok=True)
+        result = call(execute, plan, folder, recipe_text=text, reporter=reporter, mirror=staged,
+                      card_lines=["## Lineage", "", *[f"- {v}" for v in parents]])
         reporter.log(f"wrote {result.bytes / 1e6:.1f} MB in {result.seconds:.1f}s on {result.device}")
-        # Validated unless turned off on purpose (`--no-validate`, `validation: {enabled:
-        # false}`), which the version records; the `validation:` block tunes it and adds gates.
-        spec = plan.recipe.validation
-        off = ("turned off for this run (--no-validate)" if not validate_result else
-               "turned off by the recipe (validation: {enabled: false})"
-               if spec is not None and not spec.enabled else None)
-        parent_dirs = {m.ref: Path(m.path) for m in plan.models if set(m.roles) & {"source", "base"}}
-        if off:
-            reporter.log(f"validation {off}")
-            report = ValidationReport(losses={}, perplexities={}, notes=[f"validation {off}"],
-                                      skipped={label: off for label in ["result", *parent_dirs]})
-        else:
-            peak = plan.estimate.validation_peak_memory_bytes
-            reporter.log(f"validating against the parents (about {peak / 2**30:.2f} GiB at most, "
-                         "one model at a time)")
-            report = None
-        budget = getattr(settings, "AUDOBON_VALIDATION_MEMORY", None)  # bytes; default: what is free
-        report = report or validate(folder, parent_dirs, memory_budget=int(budget) if budget else None,
-                          max_samples=(spec and spec.max_samples) or DEFAULT_VALIDATION_SAMPLES,
-                          texts=validation_texts(spec.dataset) if spec and spec.dataset else None,
-                          prompts=list(spec.samples) if spec and spec.samples else DEFAULT_PROMPTS,
-                          gates=[g.model_dump(exclude_none=True) for g in spec.gates] if spec else [])
+        report = _validate(plan, folder, validate_result, reporter, call)
         if not report.ok:
             failed = [g for g in report.gates if not g["ok"]]
             raise GateFailedError("validation gate failed, nothing registered: " + "; ".join(
                 f"{g['metric']} = {g['value']!r} (limit {g.get('max', g.get('min'))})" for g in failed))
-        if out is not None:
-            shutil.copytree(folder, out)
+        # The weights were hashed as they were written: the store takes them by hard link,
+        # without reading them again.
+        store = asset_services.blob_store()
+        for file, sha in result.hashes.items():
+            store.hash_cache.put(os.stat(folder / file), sha)
         # Made complete in one step: versions are immutable once registered.
         version = asset_services.asset_import(
             source=folder, kind="model", name=name, link=True, parents=parents, job=job, owner=owner,
@@ -283,9 +286,45 @@ def assemble(*, text: str, name: str, owner=None, job=None, reporter=None,
                       "assembly": {"method": plan.method, "tensors": result.tensors,
                                    "seconds": round(result.seconds, 2), "device": result.device}},
         )
+        if staged is not None:
+            try:
+                if out.exists() or out.is_symlink():
+                    raise FileExistsError(f"{out} appeared while the model was being written")
+                os.rename(staged, out)
+            except OSError as exc:
+                raise OutWriteError(f"{version} is registered, but writing {out} failed: {exc}; "
+                                    f"`audobon export_asset {version} DIR` writes it again") from exc
         return version, False
     finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _validate(plan: Plan, folder: Path, validate_result: bool, reporter, call=_in_process):
+    """The result validated against its parents, unless turned off on purpose (`--no-validate`,
+    `validation: {enabled: false}`), which the report records; the recipe's `validation:`
+    block tunes it and adds gates."""
+    from apps.assembly.engine.validation import ValidationReport, validate
+
+    spec = plan.recipe.validation
+    off = ("turned off for this run (--no-validate)" if not validate_result else
+           "turned off by the recipe (validation: {enabled: false})"
+           if spec is not None and not spec.enabled else None)
+    parent_dirs = {m.ref: Path(m.path) for m in plan.models if set(m.roles) & {"source", "base"}}
+    if off:
+        reporter.log(f"validation {off}")
+        return ValidationReport(losses={}, perplexities={}, notes=[f"validation {off}"],
+                                skipped={label: off for label in ["result", *parent_dirs]})
+    peak = plan.estimate.validation_peak_memory_bytes
+    reporter.log(f"validating against the parents (about {peak / 2**30:.2f} GiB at most, "
+                 "one model at a time)")
+    budget = getattr(settings, "AUDOBON_VALIDATION_MEMORY", None)  # bytes; default: what is free
+    return call(validate, folder, parent_dirs, memory_budget=int(budget) if budget else None,
+                max_samples=(spec and spec.max_samples) or DEFAULT_VALIDATION_SAMPLES,
+                texts=validation_texts(spec.dataset) if spec and spec.dataset else None,
+                prompts=list(spec.samples) if spec and spec.samples else DEFAULT_PROMPTS,
+                gates=[g.model_dump(exclude_none=True) for g in spec.gates] if spec else [])
 
 
 def lora_extract(*, base: str, tuned: str, rank: int | None, energy: float | None, name: str | None,

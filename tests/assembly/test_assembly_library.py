@@ -54,10 +54,41 @@ def test_a_reused_result_is_still_written_to_out(demo, tmp_path):
     assert written == sorted(version.manifest)
 
 
-def test_a_failing_gate_registers_nothing(demo):
+def test_out_is_the_stored_model_and_the_store_takes_the_hashes_taken_while_writing(demo, tmp_path):
+    """`--out` holds the very files of the version (written from the same bytes, not a second
+    merge); the store took the weights by the hashes the writer computed and still verifies."""
+    import hashlib
+
+    from apps.assets.services import store_verify, version_file
+
+    version, _ = services.assemble(text=RECIPE, name="even-late", out=tmp_path / "out")
+    for path, entry in version.manifest.items():
+        data = (tmp_path / "out" / path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], path
+        assert version_file(version, path).read_bytes() == data
+    report, affected = store_verify()
+    assert report.ok and affected == []
+    assert not list(tmp_path.glob(".out*"))  # no staging folder left
+
+
+def test_an_existing_out_is_refused_before_anything_is_merged(demo, tmp_path, monkeypatch):
+    from apps.assembly.engine import executor
+
+    def never(*args, **kwargs):
+        raise AssertionError("merged although --out exists")
+
+    monkeypatch.setattr(executor, "execute", never)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match="already exists"):
+        services.assemble(text=RECIPE, name="even-late", out=tmp_path / "out")
+    assert not Asset.objects.filter(name="even-late").exists()
+
+
+def test_a_failing_gate_registers_nothing(demo, tmp_path):
     strict = RECIPE.replace("max: 1.5", "max: 0.001")
     with pytest.raises(services.GateFailedError, match="loss_ratio_to_best_parent"):
-        services.assemble(text=strict, name="too-strict")
+        services.assemble(text=strict, name="too-strict", out=tmp_path / "out")
+    assert not list(tmp_path.glob("*out*"))  # neither --out nor its staging folder
     assert not Asset.objects.filter(name="too-strict").exists()
 
 

@@ -370,3 +370,41 @@ def test_graft_takes_the_donor_tensor_unchanged() -> None:
     assert graft.merge([donor], None, [{}], {}) is donor
     with pytest.raises(MethodInputError, match=r"graft: shapes differ: models \[\(3, 4\)\], base \(4, 3\)"):
         graft.merge([donor], torch.zeros(4, 3), [{}], {})
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+def test_linear_a_slice_at_a_time_is_the_whole_tensor_computation_to_the_bit(dtype, monkeypatch):
+    """The chunked sum gives the bytes of the plain one (addcmul per model over the whole tensor,
+    then the division), on sizes that do not divide into slices, with zeros of both signs,
+    infinities and NaN, and with weights that sum to exactly 1 (no division)."""
+    import random
+
+    import torch
+
+    from apps.assembly.engine.methods import linear
+
+    monkeypatch.setattr(linear, "CHUNK", 1000)
+    dt = getattr(torch, dtype)
+    work = torch.float64 if dt == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(7)
+    rng = random.Random(7)
+    for shape in [(1,), (999,), (1000,), (1001,), (37, 91), (0, 5)]:
+        for weights in ([0.41, 0.59], [0.25, 0.75], [1 / 3, -0.5, 2.0], [0.1, 0.2, 0.3, 0.4, 0.5]):
+            ts = [(torch.randn(shape, generator=g) * rng.choice([0.02, 1e30])).to(dt) for _ in weights]
+            for t in ts:
+                flat = t.view(-1)
+                if flat.numel() > 8:
+                    flat[:4] = torch.tensor([0.0, -0.0, float("inf"), float("nan")], dtype=dt)
+            for normalize in (True, False):
+                w = torch.tensor([weights], dtype=work)
+                total = torch.zeros_like(ts[0], dtype=work)
+                for t, wt in zip(ts, w[0].unbind(0), strict=True):
+                    total.addcmul_(t, wt)
+                if normalize:
+                    total.div_(w.sum(dim=1))
+                want = total.to(dt)
+                got = linear.LINEAR.compute([t.clone() for t in ts], None, [{"weight": x} for x in weights],
+                                            {"normalize": normalize}, generator=None)
+                assert got.dtype == dt and got.shape == want.shape
+                assert torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8)), \
+                    (shape, weights, normalize)

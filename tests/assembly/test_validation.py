@@ -86,3 +86,32 @@ def test_models_that_do_not_fit_the_budget_are_skipped_with_the_numbers(merged):
     assert "GiB to evaluate" in report.skipped["result"] and "available on cpu" in report.skipped["result"]
     assert report.losses["result"] is None and not report.ok
     assert "not measured" in report.gates[0]["why"] and "result: needs" in report.gates[0]["why"]
+
+
+def test_a_result_without_a_tokenizer_is_noted_without_loading_transformers(merged, tmp_path):
+    """Nothing to measure: said in the report, decided from the files before transformers is
+    imported (seconds of a command's time spent for nothing otherwise)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from apps.assembly.engine.validation import TOKENIZER_FILES
+    from tests.proc import REPO
+
+    out, parents = merged
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    for name in (*TOKENIZER_FILES, "special_tokens_map.json", "chat_template.jinja"):
+        (bare / name).unlink(missing_ok=True)
+    script = ("import json, sys\nfrom pathlib import Path\n"
+              "from apps.assembly.engine.validation import validate\n"
+              "r = validate(Path(sys.argv[1]), {'even': Path(sys.argv[2])})\n"
+              "print(json.dumps({'report': r.to_json(), 'transformers': 'transformers' in sys.modules}))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(bare), str(parents["even"])], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["transformers"] is False
+    assert got["report"]["losses"] == {"result": None, "even": None}
+    assert any("no tokenizer to evaluate with" in n for n in got["report"]["notes"])

@@ -85,3 +85,63 @@ def test_a_tensor_larger_than_the_limit_gets_its_own_shard():
     shards = plan_shards([OutTensor("small", "BF16", (2,)), OutTensor("big", "F32", (100,)),
                           OutTensor("tail", "F32", (1,))], max_shard_bytes=64)
     assert [[t.name for t in s.tensors] for s in shards] == [["small"], ["big"], ["tail"]]
+
+
+def _sha256(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("order", ["files", "reversed", "shuffled"])
+@pytest.mark.parametrize("held", [0, 100, 10**9])
+def test_hashes_are_each_shards_sha256_whatever_the_order(tmp_path, order, held):
+    """Hashed as written in file order (holding early tensors up to `held` bytes), or read back
+    at close once that is used up: either way the hash of each file as it is on disk."""
+    import random
+
+    arrays = _tensors()
+    names = list(arrays)
+    if order == "reversed":
+        names.reverse()
+    elif order == "shuffled":
+        random.Random(3).shuffle(names)
+    limit = arrays["layer.0.weight"].nbytes * 2
+    w = ShardedWriter(tmp_path / "m", _out(arrays), max_shard_bytes=limit, hash_held_bytes=held)
+    for name in names:
+        w.write(name, arrays[name])
+    files = w.close()
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert sorted(w.hashes) == sorted(shards) and len(shards) >= 3
+    for file in shards:
+        assert w.hashes[file] == _sha256(tmp_path / "m" / file), file
+
+
+def test_a_mirror_holds_the_same_files(tmp_path):
+    arrays = _tensors()
+    limit = arrays["layer.0.weight"].nbytes * 2
+    w = ShardedWriter(tmp_path / "m", _out(arrays), max_shard_bytes=limit, mirror=tmp_path / "copy")
+    for name in reversed(list(arrays)):
+        w.write(name, arrays[name])
+    files = w.close()
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(files)
+    for file in files:
+        assert (tmp_path / "copy" / file).read_bytes() == (tmp_path / "m" / file).read_bytes()
+
+
+def test_the_mirror_copies_without_copy_file_range_too(tmp_path, monkeypatch):
+    """Where the kernel cannot copy (another filesystem, an older kernel), through a buffer."""
+    import errno
+    import os
+
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    arrays = _tensors()
+    w = ShardedWriter(tmp_path / "m", _out(arrays), mirror=tmp_path / "copy")
+    for name, a in arrays.items():
+        w.write(name, a)
+    w.close()
+    assert (tmp_path / "copy" / "model.safetensors").read_bytes() == \
+        (tmp_path / "m" / "model.safetensors").read_bytes()

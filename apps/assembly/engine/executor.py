@@ -59,6 +59,7 @@ class RunResult:
     bytes: int
     seconds: float
     device: str
+    hashes: dict[str, str]  # weight file -> its sha256, taken as it was written
 
 
 def _torch_dtype(name: str):
@@ -204,12 +205,16 @@ class _Schedule:
     that is more: smaller outputs run beside a large one only within it, and a plan of equal
     outputs still runs two at once. Largest first, so the
     long outputs overlap the many short ones instead of running alone at the end; results are
-    written as they come (the writer puts each in its planned place).
+    written as they come (the writer puts each in its planned place). With `largest_first`
+    off, in the plan's order, which is the files' order: for plans without a sorting method,
+    whose outputs all take about as long per element, so that the writer hashes each shard as
+    it is written.
     """
 
-    def __init__(self, outputs: list[OutputTensor], *, cores: int, at_once: int):
+    def __init__(self, outputs: list[OutputTensor], *, cores: int, at_once: int, largest_first: bool = True):
         self.cores, self.at_once = max(1, cores), max(1, at_once)
-        self.outputs = sorted(outputs, key=lambda o: self.cost(o, 1), reverse=True)
+        self.outputs = (sorted(outputs, key=lambda o: self.cost(o, 1), reverse=True) if largest_first
+                        else list(outputs))
         self._todo: deque = deque()
         self._running: dict = {}
         alone = sorted(self.cost(o, 1) for o in outputs)
@@ -265,10 +270,20 @@ class _Schedule:
                 spent -= cost
 
 
+def memory_bound(plan: Plan) -> bool:
+    """Whether the plan has a sorting method: its merge takes long and its peak memory is the
+    machine's limit, so it is better run in the command's own process than in an engine
+    process beside it (which saves only torch's import time, and costs a second interpreter's
+    memory)."""
+    return any(o.method in SORTING_METHODS for o in plan.outputs)
+
+
 def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_lines: list[str] = (),
             reporter: Reporter | None = None, device: str | None = None,
-            max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> RunResult:
-    """Compute and write the model into the new folder `dest`."""
+            max_shard_bytes: int = DEFAULT_SHARD_BYTES, mirror: Path | None = None) -> RunResult:
+    """Compute and write the model into the new folder `dest`; with `mirror`, into that new
+    folder as well, from the same bytes (not synced: a copy for the user, which the caller
+    moves into place or removes)."""
     import torch
 
     reporter = reporter or NullReporter()
@@ -278,13 +293,21 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
     vocabulary = _output_vocabulary(plan) if plan.tokenizer.get("rebuilt") else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     compute = _torch_dtype(DTYPES[plan.recipe.dtype]) if plan.recipe.dtype else None
+    if mirror is not None and (mirror.exists() or mirror.is_symlink()):
+        raise ExecutionError(f"{mirror} already exists")
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.monotonic()
     inputs = _Inputs(plan)
-    writer = ShardedWriter(tmp, [OutTensor(o.name, o.dtype, o.shape) for o in plan.outputs],
-                           max_shard_bytes=max_shard_bytes, metadata={"audobon": "assembled"})
-    total = sum(OutTensor(o.name, o.dtype, o.shape).nbytes for o in plan.outputs)
+    planned = [OutTensor(o.name, o.dtype, o.shape) for o in plan.outputs]
+    # Without a sorting method, outputs run in the files' order and each shard is hashed as it
+    # is written, holding at most two outputs that came early; otherwise (largest first) the
+    # shards are read back to hash them while their last writes reach the disk.
+    in_order = not memory_bound(plan)
+    held = 2 * max((t.nbytes for t in planned), default=0) if in_order else 0
+    writer = ShardedWriter(tmp, planned, max_shard_bytes=max_shard_bytes, metadata={"audobon": "assembled"},
+                           mirror=mirror, hash_held_bytes=held)
+    total = sum(t.nbytes for t in planned)
     try:
         # On a CPU several outputs are merged at once (each torch op then gets fewer cores), and a
         # sorting method sorts its models' task vectors side by side, one core each; how much runs
@@ -314,20 +337,29 @@ def execute(plan: Plan, dest: Path, *, recipe_text: str | None = None, card_line
                     reporter.step(done, len(plan.outputs), mb_s=writer.bytes_written / elapsed / 1e6)
 
                 schedule = _Schedule(plan.outputs, cores=threads if cpu else 1,
-                                     at_once=CPU_WINDOW if cpu else 1)
+                                     at_once=CPU_WINDOW if cpu else 1, largest_first=not in_order)
                 schedule.run(start, finish, reporter.cancelled)
         finally:
             torch.set_num_threads(threads)
         files = writer.close()
         _write_side_files(plan, tmp, recipe_text, card_lines, vocabulary)
+        if mirror is not None:  # the same small files: the copy is the model the store holds
+            for path in tmp.iterdir():
+                if path.is_dir():
+                    shutil.copytree(path, mirror / path.name)
+                elif not (mirror / path.name).exists():
+                    shutil.copyfile(path, mirror / path.name)
         os.rename(tmp, dest)
     except BaseException:
         writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
+        if mirror is not None:
+            shutil.rmtree(mirror, ignore_errors=True)
         raise
     finally:
         inputs.close()
-    return RunResult(dest, files, len(plan.outputs), total, time.monotonic() - started, device)
+    return RunResult(dest, files, len(plan.outputs), total, time.monotonic() - started, device,
+                     dict(writer.hashes))
 
 
 def _output_vocabulary(plan: Plan) -> OutputVocabulary:

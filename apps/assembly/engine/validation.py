@@ -14,6 +14,9 @@ from pathlib import Path
 
 DEFAULT_MODULES = ("json", "collections", "pathlib", "functools", "itertools", "argparse", "logging",
                    "subprocess", "textwrap", "datetime", "decimal", "fractions", "statistics", "heapq")
+# The files AutoTokenizer loads a tokenizer from; a folder with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 @dataclass
@@ -130,20 +133,31 @@ def validate(result: Path, parents: dict[str, Path], *, texts: list[str] | None 
     import gc
 
     import torch
-    from transformers import AutoConfig, AutoTokenizer
 
     from apps.monitoring.engine.modelcache import cache_key, load_causal_lm, model_cache
+    from apps.registry.engine.model import read_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     texts = list(texts or default_texts(max_samples))[:max_samples]
     report = ValidationReport(losses={}, perplexities={}, texts=len(texts))
-    config = AutoConfig.from_pretrained(result)
-    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(result)
-    except (OSError, ValueError) as exc:
-        tokenizer = None
-        report.notes.append(f"no tokenizer to evaluate with: {exc}")
+    # Decided from the folder's files (config.json, the tokenizer's files) before transformers
+    # is imported: a result with nothing to measure costs no import of it.
+    files = read_model(Path(result))
+    architectures = (files.config or {}).get("architectures") or []
+    causal = any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    tokenizer = None
+    if not causal:
+        pass
+    elif not any((Path(result) / name).is_file() for name in TOKENIZER_FILES):
+        report.notes.append("no tokenizer to evaluate with: the result has none of "
+                            + ", ".join(TOKENIZER_FILES))
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(result)
+        except (OSError, ValueError) as exc:
+            report.notes.append(f"no tokenizer to evaluate with: {exc}")
     if not causal or tokenizer is None:
         report.notes.append("loss and samples are measured for causal language models only")
         for label in ["result", *parents]:

@@ -5,6 +5,7 @@ from apps.assembly import services
 from apps.assembly.engine.plan import PlanError
 from apps.assembly.engine.recipe import RecipeError
 from apps.assets.engine.errors import StoreError
+from apps.monitoring.engine import preload
 from apps.monitoring.foreground import ForegroundCommand
 from apps.monitoring.services import job_submit
 
@@ -13,7 +14,8 @@ class Command(ForegroundCommand):
     help = "Build a model from a recipe (mergekit YAML works unchanged)."
     creates = True
     user_errors = (*ForegroundCommand.user_errors, RecipeError, PlanError, StoreError,
-                   services.GateFailedError)
+                   services.GateFailedError, services.OutWriteError,
+                   preload.EngineProcessError)
 
     def add_arguments(self, parser):
         parser.add_argument("recipe", help="the recipe's YAML file")
@@ -50,10 +52,15 @@ class Command(ForegroundCommand):
                                                     "validate_result": not no_validate}, owner=self.owner)
             self.emit({"job": job.pk}, f"queued as job {job.pk}")
             return
-        version, reused = services.assemble(text=text, name=name, reporter=self.progress("assemble"),
-                                            owner=self.owner,
-                                            out=Path(out).resolve() if out else None,
-                                            validate_result=not no_validate)
+        engine = preload.current()  # started by the `audobon` command, importing torch meanwhile
+        try:
+            version, reused = services.assemble(text=text, name=name, reporter=self.progress("assemble"),
+                                                owner=self.owner,
+                                                out=Path(out).resolve() if out else None,
+                                                validate_result=not no_validate, engine=engine)
+        finally:
+            if engine is not None:
+                engine.close()
         self.emit({"asset": version.asset.name, "version": version.number, "reused": reused,
                    "validation": version.metadata.get("validation")},
                   f"{version}" + (" (the same recipe over the same inputs: reused)" if reused else ""))
