@@ -116,7 +116,7 @@ def by_magnitude(delta: torch.Tensor, density: float, rescale: bool, inplace: bo
     magnitudes = delta.abs().reshape(-1)
     order = largest_first(magnitudes)
     mask = magnitudes.zero_()  # the magnitudes' memory, no longer needed, holds the mask
-    mask[order[:keep]] = 1
+    mask.index_fill_(0, order[:keep], 1)  # as mask[order[:keep]] = 1, in about half the time
     del order
     return masked(delta, mask.reshape_as(delta), rescale, inplace)
 
@@ -136,7 +136,7 @@ def by_magnitude_without_outliers(
     smallest = max(0, count - keep - outliers)
     smallest_first = torch.sort(_scores(delta), descending=False).indices
     mask = torch.zeros(count, dtype=delta.dtype, device=delta.device)
-    mask[smallest_first[smallest : smallest + keep]] = 1
+    mask.index_fill_(0, smallest_first[smallest : smallest + keep], 1)
     return masked(delta, mask.reshape_as(delta), rescale)
 
 
