@@ -62,11 +62,7 @@ class JobConsumer(AsyncWebsocketConsumer):
         self.poller = asyncio.create_task(self.poll())
 
     async def disconnect(self, code):
-        poller = getattr(self, "poller", None)
-        if poller:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+        await _stop(getattr(self, "poller", None))
         if getattr(self, "redis", False):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -150,11 +146,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.poller = asyncio.create_task(self.poll())
 
     async def disconnect(self, code):
-        poller = getattr(self, "poller", None)
-        if poller:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+        await _stop(getattr(self, "poller", None))
 
     async def receive(self, text_data=None, bytes_data=None):
         pass  # the page only listens
@@ -174,3 +166,12 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if html != self.sent:
             await self.send(text_data=html)
             self.sent = html
+
+
+async def _stop(task: asyncio.Task | None) -> None:
+    """Cancel a consumer's polling task (if it was started) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
