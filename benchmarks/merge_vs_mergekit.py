@@ -172,6 +172,9 @@ def main() -> None:
         # Audobon's modules byte-compiled, as scripts/setup leaves them (mergekit's were by pip).
         subprocess.run([sys.executable, "-m", "compileall", "-q", "apps", "audobon_site"], cwd=REPO,
                        check=True, capture_output=True)
+        # The selection kernel compiled into numba's cache, as scripts/setup leaves it.
+        subprocess.run([sys.executable, "-c", "from apps.assembly.engine.methods import sortselect; "
+                        "assert sortselect.available()"], cwd=REPO, check=True)
         paths = [str(REPO), os.environ.get("PYTHONPATH")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
         env = {k: v for k, v in env.items() if not k.startswith("AUDOBON_") and k != "DJANGO_SETTINGS_MODULE"}

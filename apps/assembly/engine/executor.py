@@ -40,7 +40,8 @@ TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
 SIDE_FILES = ("generation_config.json",)
 CPU_WINDOW = 2  # outputs merged at once on a CPU
 # Methods whose pruning holds several full-size work tensors per task vector (sort keys and
-# int64 indices, or float32 draw probabilities): the schedule counts them SORT_COST times.
+# int32 positions, int64 indices where torch sorts, or float32 draw probabilities): the schedule
+# counts them SORT_COST times, the most any of them takes.
 TRIM_SHARE = 16  # after an output costing 1/TRIM_SHARE of the budget or more, free memory goes back
 SORT_COST = 6  # their working memory per element and core, in elements of a 16-bit tensor
 SORTING_METHODS = frozenset({"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",

@@ -7,18 +7,21 @@ L1 norm matches the unpruned vector's (mergekit's only rescale norm for these me
 The torch calls (argsort/sort and their tie order, the work dtypes) are mergekit's, so the same
 entries are kept.
 
-Magnitudes are ranked the way mergekit ranks them (a descending argsort of float32 magnitudes on a
-CPU), but on a CPU the sort runs over the magnitudes' bit patterns as integers: for non-negative
-floats these order exactly as the values do, so the same sort algorithm makes the same comparisons
-and returns the same permutation, ties included, while integers compare faster and (for 16-bit
-types) take half the memory. A self-check at first use falls back to float keys on a torch
-whose sort would tell the two apart.
+Magnitudes are ranked the way mergekit ranks them (an argsort of float32 magnitudes on a CPU),
+over the magnitudes' bit patterns as integers: for non-negative floats these order exactly as the
+values do, so the same sort algorithm makes the same comparisons, ties included. On a CPU the
+kept entries come from `sortselect`, which follows torch's sort only as far as the kept range's
+boundaries need (O(n), the same entries); where it cannot answer, torch sorts the integer keys
+(a self-check at first use falls back to float keys on a torch whose sort would tell the two
+apart).
 """
 
 from __future__ import annotations
 
 import functools
 from typing import TYPE_CHECKING, Literal
+
+from . import sortselect
 
 if TYPE_CHECKING:
     import torch
@@ -103,6 +106,40 @@ def _mask_work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
+def _ranked(delta: torch.Tensor, lo: int, hi: int, descending: bool) -> tuple[torch.Tensor, object]:
+    """A zeroed mask shaped like flat `delta` (in its dtype) and the positions of the entries that
+    mergekit's argsort of `delta`'s magnitudes (descending, or ascending) puts at [lo, hi):
+    a numpy int32 array or a torch int64 tensor, for `_fill_ones`."""
+    import torch
+
+    magnitudes = delta.abs().reshape(-1).contiguous()
+    if magnitudes.device.type == "cpu" and sortselect.available():
+        keys = sortselect.descending_keys(magnitudes)
+        if keys is not None:
+            if not descending:
+                keys = sortselect.ascending_as_descending(keys)
+            try:
+                # The keys are the magnitudes' own memory (or a float32 copy): scratch from here.
+                positions = sortselect.select_range(keys, lo, hi)
+            except sortselect.SelectionUnavailable:
+                magnitudes = delta.abs().reshape(-1)  # the selection left them out of order
+            else:
+                return magnitudes.zero_(), positions  # the magnitudes' memory holds the mask
+    order = largest_first(magnitudes) if descending else torch.sort(_scores(delta), descending=False).indices
+    return magnitudes.zero_(), order[lo:hi]
+
+
+def _fill_ones(mask: torch.Tensor, positions) -> None:
+    """mask[positions] = 1 for the flat, contiguous `mask`."""
+    import torch
+
+    if isinstance(positions, torch.Tensor):
+        mask.index_fill_(0, positions, 1)  # as mask[positions] = 1, in about half the time
+        return
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[mask.element_size()]
+    mask.view(bits).numpy()[positions] = torch.ones((), dtype=mask.dtype).view(bits).item()
+
+
 def by_magnitude(delta: torch.Tensor, density: float, rescale: bool, inplace: bool = False) -> torch.Tensor:
     """Keep the `density` share of largest magnitudes, at least one entry. With `inplace` the
     result is written over `delta` (less memory; the same numbers)."""
@@ -113,11 +150,9 @@ def by_magnitude(delta: torch.Tensor, density: float, rescale: bool, inplace: bo
     if density <= 0 or delta.numel() == 0:
         return delta.zero_() if inplace else torch.zeros_like(delta)
     keep = max(1, int(density * delta.numel()))
-    magnitudes = delta.abs().reshape(-1)
-    order = largest_first(magnitudes)
-    mask = magnitudes.zero_()  # the magnitudes' memory, no longer needed, holds the mask
-    mask.index_fill_(0, order[:keep], 1)  # as mask[order[:keep]] = 1, in about half the time
-    del order
+    mask, positions = _ranked(delta, 0, keep, descending=True)
+    _fill_ones(mask, positions)
+    del positions
     return masked(delta, mask.reshape_as(delta), rescale, inplace)
 
 
@@ -126,17 +161,15 @@ def by_magnitude_without_outliers(
 ) -> torch.Tensor:
     """Drop the `gamma` share of largest magnitudes, then the smallest, to keep `density`.
     When density + gamma > 1 fewer outliers go: the density wins."""
-    import torch
-
     if density >= 1:
         return delta
     count = delta.numel()
     keep = int(density * count)
     outliers = int(gamma * count)
     smallest = max(0, count - keep - outliers)
-    smallest_first = torch.sort(_scores(delta), descending=False).indices
-    mask = torch.zeros(count, dtype=delta.dtype, device=delta.device)
-    mask.index_fill_(0, smallest_first[smallest : smallest + keep], 1)
+    mask, positions = _ranked(delta, smallest, smallest + keep, descending=False)
+    _fill_ones(mask, positions)
+    del positions
     return masked(delta, mask.reshape_as(delta), rescale)
 
 
