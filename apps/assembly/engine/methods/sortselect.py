@@ -170,10 +170,11 @@ def select_range(keys: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return pos[lo:hi]
 
 
-def descending_keys(magnitudes: torch.Tensor) -> np.ndarray | None:
-    """Integer keys (a view, no copy where the dtype allows) over flat, contiguous, non-negative
-    CPU magnitudes that order exactly as their float32 values do; None where there are none
-    (a NaN, whose payloads order apart; a type without a fitting view)."""
+def integer_keys(magnitudes: torch.Tensor) -> torch.Tensor | None:
+    """Integer keys over flat, non-negative magnitudes that order exactly as their float32
+    values do (mergekit ranks in float32): a view of their bits where the type allows, so the
+    same sort algorithm makes the same comparisons. None where there are none: a NaN (whose
+    payloads would order apart), a type without a fitting view."""
     import torch
 
     if magnitudes.dtype in (torch.bfloat16, torch.float16):
@@ -186,7 +187,7 @@ def descending_keys(magnitudes: torch.Tensor) -> np.ndarray | None:
         return None
     if torch.isnan(magnitudes).any():
         return None
-    return keys.numpy()
+    return keys
 
 
 def ascending_as_descending(keys: np.ndarray) -> np.ndarray:
@@ -217,8 +218,8 @@ def available() -> bool:
             for share in (0.1, 0.5, 0.9):
                 keep = max(1, int(share * count))
                 try:
-                    got = select_range(descending_keys(values.clone()).copy(), 0, keep)
-                    up = ascending_as_descending(descending_keys(values.clone()).copy())
+                    got = select_range(integer_keys(values.clone()).numpy(), 0, keep)
+                    up = ascending_as_descending(integer_keys(values.clone()).numpy())
                     got_up = select_range(up, count - keep, count)
                 except SelectionUnavailable:
                     return False

@@ -49,22 +49,6 @@ def _scores(delta: torch.Tensor) -> torch.Tensor:
     return scores.float() if scores.device.type == "cpu" else scores
 
 
-def _integer_keys(scores: torch.Tensor) -> torch.Tensor | None:
-    """Integer keys that sort exactly as `scores.float()` (non-negative, NaN-free); None when
-    there are none: a NaN (whose payloads would order apart), a type without a fitting view."""
-    import torch
-
-    if scores.dtype in (torch.bfloat16, torch.float16):
-        keys = scores.view(torch.int16)  # float32 holds these exactly: the same order
-    elif scores.dtype in (torch.float32, torch.float64):
-        keys = scores.float().view(torch.int32)  # mergekit ranks float64 rounded to float32
-    else:
-        return None
-    if torch.isnan(scores).any():
-        return None
-    return keys
-
-
 @functools.cache
 def _integer_keys_sort_alike() -> bool:
     """Whether this torch's CPU argsort orders integer keys with the very permutation it gives
@@ -75,12 +59,12 @@ def _integer_keys_sort_alike() -> bool:
     for count in (7, 100, 5_000, 200_003):
         values = (torch.randn(count, generator=generator) * 0.01).to(torch.bfloat16).abs()
         values[::17] = 0
-        keys = _integer_keys(values)
+        keys = sortselect.integer_keys(values)
         floats = values.float()
         if keys is None or not torch.equal(torch.argsort(keys, descending=True),
                                            torch.argsort(floats, descending=True)):
             return False
-        if not torch.equal(torch.argsort(_integer_keys(floats), descending=True),
+        if not torch.equal(torch.argsort(sortselect.integer_keys(floats), descending=True),
                            torch.argsort(floats, descending=True)):
             return False
     return True
@@ -92,7 +76,7 @@ def largest_first(magnitudes: torch.Tensor) -> torch.Tensor:
     import torch
 
     if magnitudes.device.type == "cpu":
-        keys = _integer_keys(magnitudes) if _integer_keys_sort_alike() else None
+        keys = sortselect.integer_keys(magnitudes) if _integer_keys_sort_alike() else None
         return torch.argsort(magnitudes.float() if keys is None else keys, descending=True)
     return torch.argsort(magnitudes, descending=True)
 
@@ -114,8 +98,9 @@ def _ranked(delta: torch.Tensor, lo: int, hi: int, descending: bool) -> tuple[to
 
     magnitudes = delta.abs().reshape(-1).contiguous()
     if magnitudes.device.type == "cpu" and sortselect.available():
-        keys = sortselect.descending_keys(magnitudes)
+        keys = sortselect.integer_keys(magnitudes)
         if keys is not None:
+            keys = keys.numpy()
             if not descending:
                 keys = sortselect.ascending_as_descending(keys)
             try:
