@@ -93,12 +93,8 @@ def _kernel():
                     r = z
                 else:
                     r = y
-                t = key[f]
-                key[f] = key[r]
-                key[r] = t
-                u = pos[f]
-                pos[f] = pos[r]
-                pos[r] = u
+                key[f], key[r] = key[r], key[f]
+                pos[f], pos[r] = pos[r], pos[f]
                 # std::__unguarded_partition(first + 1, last, first)
                 p = key[f]
                 a = f + 1
@@ -111,12 +107,8 @@ def _kernel():
                         b -= 1
                     if not a < b:
                         break
-                    t = key[a]
-                    key[a] = key[b]
-                    key[b] = t
-                    u = pos[a]
-                    pos[a] = pos[b]
-                    pos[b] = u
+                    key[a], key[b] = key[b], key[a]
+                    pos[a], pos[b] = pos[b], pos[a]
                     a += 1
                 cut = a
                 left = f < lo < cut or f < hi < cut
