@@ -90,10 +90,9 @@ def _mask_work_dtype(delta: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def _ranked(delta: torch.Tensor, lo: int, hi: int, descending: bool) -> tuple[torch.Tensor, object]:
-    """A zeroed mask shaped like flat `delta` (in its dtype) and the positions of the entries that
-    mergekit's argsort of `delta`'s magnitudes (descending, or ascending) puts at [lo, hi):
-    a numpy int32 array or a torch int64 tensor, for `_fill_ones`."""
+def _ranked_mask(delta: torch.Tensor, lo: int, hi: int, descending: bool) -> torch.Tensor:
+    """A flat mask in `delta`'s dtype, 1 at the entries that mergekit's argsort of `delta`'s
+    magnitudes (descending, or ascending) puts at [lo, hi), 0 elsewhere."""
     import torch
 
     magnitudes = delta.abs().reshape(-1).contiguous()
@@ -109,20 +108,14 @@ def _ranked(delta: torch.Tensor, lo: int, hi: int, descending: bool) -> tuple[to
             except sortselect.SelectionUnavailable:
                 magnitudes = delta.abs().reshape(-1)  # the selection left them out of order
             else:
-                return magnitudes.zero_(), positions  # the magnitudes' memory holds the mask
+                mask = magnitudes.zero_()  # the magnitudes' memory holds the mask
+                bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[mask.element_size()]
+                mask.view(bits).numpy()[positions] = torch.ones((), dtype=mask.dtype).view(bits).item()
+                return mask
     order = largest_first(magnitudes) if descending else torch.sort(_scores(delta), descending=False).indices
-    return magnitudes.zero_(), order[lo:hi]
-
-
-def _fill_ones(mask: torch.Tensor, positions) -> None:
-    """mask[positions] = 1 for the flat, contiguous `mask`."""
-    import torch
-
-    if isinstance(positions, torch.Tensor):
-        mask.index_fill_(0, positions, 1)  # as mask[positions] = 1, in about half the time
-        return
-    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[mask.element_size()]
-    mask.view(bits).numpy()[positions] = torch.ones((), dtype=mask.dtype).view(bits).item()
+    mask = magnitudes.zero_()
+    mask.index_fill_(0, order[lo:hi], 1)  # as mask[order[lo:hi]] = 1, in about half the time
+    return mask
 
 
 def by_magnitude(delta: torch.Tensor, density: float, rescale: bool, inplace: bool = False) -> torch.Tensor:
@@ -135,9 +128,7 @@ def by_magnitude(delta: torch.Tensor, density: float, rescale: bool, inplace: bo
     if density <= 0 or delta.numel() == 0:
         return delta.zero_() if inplace else torch.zeros_like(delta)
     keep = max(1, int(density * delta.numel()))
-    mask, positions = _ranked(delta, 0, keep, descending=True)
-    _fill_ones(mask, positions)
-    del positions
+    mask = _ranked_mask(delta, 0, keep, descending=True)
     return masked(delta, mask.reshape_as(delta), rescale, inplace)
 
 
@@ -152,9 +143,7 @@ def by_magnitude_without_outliers(
     keep = int(density * count)
     outliers = int(gamma * count)
     smallest = max(0, count - keep - outliers)
-    mask, positions = _ranked(delta, smallest, smallest + keep, descending=False)
-    _fill_ones(mask, positions)
-    del positions
+    mask = _ranked_mask(delta, smallest, smallest + keep, descending=False)
     return masked(delta, mask.reshape_as(delta), rescale)
 
 
