@@ -11,10 +11,10 @@ outside the range do not change which entries it holds. That is a quickselect, O
 of O(n log n), with the same answer as the full sort, ties included.
 
 The loop is compiled by numba (cached on disk, released from the GIL so models select side by
-side). Where numba is missing, the introsort would fall back to heapsort (its depth limit; a
-hostile input can force that), or the self-check at first use finds a torch whose sort
-differs (a build that sorts with x86-simd-sort, say), callers use torch's sort itself: the
-same entries, only slower.
+side). Callers use torch's sort itself (the same entries, only slower) where numba is missing,
+where the self-check at first use finds a torch whose sort differs (a build that sorts with
+x86-simd-sort, say), and where the introsort would switch to heapsort (its depth limit, which a
+hostile input can force).
 
 Keys are integers that order as the magnitudes do (the bit patterns of non-negative floats);
 the selection reorders them in place, with an int32 position array beside them.
